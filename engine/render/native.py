@@ -1,0 +1,168 @@
+"""Native CPU compositing core: builds ``native/rasterize.c`` on first use and calls it through ctypes.
+
+The C kernel is compiled with the system C compiler into a per-user cache (keyed by the source, the
+flags and the CPU), once for float32 and once for float64. When no compiler is available the
+renderer falls back to the pure-PyTorch core (``torch_core.py``), which computes the same images.
+Set ``R2D3_NATIVE=0`` to disable this core.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .projection import TileBins
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("native") / "rasterize.c"
+_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-pthread", "-fPIC", "-std=c11"]
+_LOCK = threading.Lock()
+_LIBS: dict[torch.dtype, ctypes.CDLL | None] = {}
+_FAILED: list[str] = []
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("R2D3_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "r2d3studio")
+    return Path(root) / "native"
+
+
+def _cpu_signature() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _build(scalar: str) -> Path:
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (install gcc, or set CC)")
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join([cc, scalar, *_CFLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"rasterize_{scalar}_{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        obj, lib = Path(tmp) / "r.o", Path(tmp) / "r.so"
+        # Compile with -ffast-math (vectorised exp) but link without it: linking a shared library
+        # with -ffast-math would pull in crtfastmath.o and flush denormals in the whole process.
+        cmds = [
+            [cc, *_CFLAGS, f"-DSCALAR={scalar}", "-c", str(_SOURCE), "-o", str(obj)],
+            [cc, "-shared", "-pthread", str(obj), "-o", str(lib), "-lm"],
+        ]
+        for cmd in cmds:
+            result = subprocess.run(cmd, capture_output=True, text=True)
+            if result.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
+        os.replace(lib, out)  # atomic: concurrent builders never see a half-written library
+    return out
+
+
+def _load(dtype: torch.dtype) -> ctypes.CDLL | None:
+    with _LOCK:
+        if dtype not in _LIBS:
+            scalar = {torch.float32: "float", torch.float64: "double"}[dtype]
+            try:
+                lib = ctypes.CDLL(str(_build(scalar)))
+                for fn in (lib.rasterize_forward, lib.rasterize_backward, lib.bin_fill):
+                    fn.restype = None
+                _LIBS[dtype] = lib
+            except Exception as err:  # no compiler, sandboxed /tmp, ...: fall back to pure PyTorch
+                _FAILED.append(str(err))
+                logger.warning("Native CPU renderer unavailable, using the pure-PyTorch core: %s", err)
+                _LIBS[dtype] = None
+        return _LIBS[dtype]
+
+
+def native_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether the native core can run tensors of ``dtype`` (builds it on first call)."""
+    if os.environ.get("R2D3_NATIVE", "1") == "0" or dtype not in (torch.float32, torch.float64):
+        return False
+    return _load(dtype) is not None
+
+
+def build_error() -> str | None:
+    return _FAILED[-1] if _FAILED else None
+
+
+def _ptr(t: Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _geometry(bins: TileBins, C: int, N: int, H: int, W: int, F: int) -> list:
+    return [ctypes.c_int(v) for v in (C, N, H, W, bins.tile_size, bins.tiles_x, bins.tiles_y, F)]
+
+
+class _NativeComposite(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, opacities, features, background, bins: TileBins, width: int, height: int):
+        C, N, F = features.shape
+        lib = _load(features.dtype)
+        args = [t.detach().contiguous() for t in (means2d, conics, opacities, features, background)]
+        out_feat = torch.empty(C, height, width, F, dtype=features.dtype)
+        out_T = torch.empty(C, height, width, dtype=features.dtype)
+        out_last = torch.empty(C, height, width, dtype=torch.int32)
+        lib.rasterize_forward(
+            *_geometry(bins, C, N, height, width, F), *map(_ptr, args), _ptr(bins.offsets), _ptr(bins.flat_ids),
+            _ptr(out_feat), _ptr(out_T), _ptr(out_last), ctypes.c_int(torch.get_num_threads()),
+        )
+        ctx.save_for_backward(*args, out_T, out_last)
+        ctx.bins, ctx.size = bins, (width, height)
+        ctx.mark_non_differentiable(out_last)
+        return out_feat, 1 - out_T
+
+    @staticmethod
+    def backward(ctx, v_feat, v_alpha):
+        means2d, conics, opacities, features, background, out_T, out_last = ctx.saved_tensors
+        (width, height), bins = ctx.size, ctx.bins
+        C, N, F = features.shape
+        lib = _load(features.dtype)
+        v_feat = torch.zeros_like(out_T[..., None].expand(-1, -1, -1, F)) if v_feat is None else v_feat.contiguous()
+        # alpha = 1 - T, so dL/dT = -dL/dalpha; the kernel takes dL/dalpha.
+        v_alpha = torch.zeros_like(out_T) if v_alpha is None else v_alpha.contiguous()
+        grad = torch.zeros(C, N, 6 + F, dtype=features.dtype)
+        lib.rasterize_backward(
+            *_geometry(bins, C, N, height, width, F),
+            *map(_ptr, (means2d, conics, opacities, features, background)), _ptr(bins.offsets), _ptr(bins.flat_ids),
+            _ptr(out_T), _ptr(out_last), _ptr(v_feat), _ptr(v_alpha), _ptr(grad), ctypes.c_int(torch.get_num_threads()),
+        )
+        v_bg = (v_feat * out_T[..., None]).sum(dim=(1, 2))  # [C, F]
+        return grad[..., 0:2], grad[..., 2:5], grad[..., 5], grad[..., 6:], v_bg, None, None, None
+
+
+def bin_fill(C: int, N: int, TX: int, TY: int, order: Tensor, rect: Tensor, offsets: Tensor, flat_ids: Tensor) -> None:
+    """Fill ``flat_ids`` with each tile's Gaussians front to back (counting sort, see rasterize.c)."""
+    lib = _load(torch.float32)
+    lib.bin_fill(*(ctypes.c_int(v) for v in (C, N, TX, TY)), _ptr(order), _ptr(rect), _ptr(offsets), _ptr(flat_ids))
+
+
+def composite_native(means2d, conics, opacities, features, background, bins: TileBins, width: int, height: int):
+    """[C, H, W, F] features (background included) and [C, H, W] alpha, on the CPU."""
+    if bins.tile_size > 16 or features.shape[-1] > 16:
+        raise ValueError("The native core supports tile sizes <= 16 and at most 16 feature channels.")
+    if bins.flat_ids.numel() >= 2**31:
+        raise ValueError("Too many tile intersections for the native core (>= 2^31).")
+    return _NativeComposite.apply(means2d, conics, opacities, features, background, bins, width, height)
