@@ -7,7 +7,7 @@ import math
 import torch
 
 from engine.cameras import orbit_cameras
-from engine.gaussians import Gaussians
+from engine.gaussians import Gaussians, quats_from_normals
 
 
 def bench_cameras(views: int = 4):
@@ -34,9 +34,7 @@ def shell(n: int, seed: int = 0) -> Gaussians:
     g = torch.Generator().manual_seed(seed)
     normal = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
     tangent = math.sqrt(4 * math.pi * 0.25 / n)
-    # Rotation taking local z to the normal: half-way quaternion between (0, 0, 1) and n.
-    half = torch.nn.functional.normalize(normal + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
-    quats = torch.cat([half[:, 2:3], torch.linalg.cross(torch.tensor([0.0, 0.0, 1.0]).expand(n, 3), half)], -1)
+    quats = quats_from_normals(normal)
     scales = torch.tensor([tangent, tangent, 0.1 * tangent]).expand(n, 3).clone()
     return Gaussians(
         means=normal * 0.5, scales=scales, quats=quats,

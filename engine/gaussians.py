@@ -146,3 +146,17 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
         ],
         dim=-1,
     ).reshape(quats.shape[:-1] + (3, 3))
+
+
+def quats_from_normals(normals: Tensor) -> Tensor:
+    """[..., 3] unit normals -> [..., 4] (w, x, y, z) rotations taking the local z axis to each normal.
+
+    With the smallest scale on local z, such a Gaussian is a surfel lying flat on the surface.
+    """
+    z = torch.zeros_like(normals)
+    z[..., 2] = 1
+    half = torch.nn.functional.normalize(normals + z, dim=-1)  # half-way vector: rotation by pi about it
+    q = torch.cat([(z * half).sum(-1, keepdim=True), torch.linalg.cross(z, half, dim=-1)], dim=-1)
+    # A normal of exactly -z has no half-way vector: rotate by pi about x instead.
+    flip = (normals[..., 2] < -1 + 1e-6)[..., None]
+    return torch.where(flip, torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=normals.dtype, device=normals.device), q)
