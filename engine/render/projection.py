@@ -125,7 +125,7 @@ def project(
     C = B * V
     return Projected(
         means2d=means2d.reshape(C, N, 2), conics=conics.reshape(C, N, 3), opacities=opac.reshape(C, N),
-        features=features.reshape(C, N, -1), depths=z.reshape(C, N).detach(), extents=ext.reshape(C, N, 2),
+        features=features.reshape(C, N, features.shape[-1]), depths=z.reshape(C, N).detach(), extents=ext.reshape(C, N, 2),
     )
 
 

@@ -44,8 +44,7 @@ def composite_torch(
     TS, TX, TY = bins.tile_size, bins.tiles_x, bins.tiles_y
     P = TS * TS
     device, dtype = features.device, features.dtype
-    m2, con, op, ft = (t.reshape(C * N, -1) for t in (means2d, conics, opacities, features))
-    op = op[:, 0]
+    m2, con, op, ft = means2d.reshape(C * N, 2), conics.reshape(C * N, 3), opacities.reshape(C * N), features.reshape(C * N, F)
 
     counts = (bins.offsets[1:] - bins.offsets[:-1]).cpu()
     tiles = torch.nonzero(counts).squeeze(1)

@@ -162,15 +162,13 @@ void rasterize_forward(
     parallel_for(C * TX * TY, forward_tile, &A, nthreads);
 }
 
-static void backward_tile(void *ctx, int k, int worker) {
-    const args_t *A = (const args_t *)ctx;
+static void backward_tile(const args_t *A, int k, real *gbuf) {
     const int H = A->H, W = A->W, TS = A->TS, TX = A->TX, TY = A->TY, F = A->F;
     const real *means2d = A->means2d, *conics = A->conics, *opac = A->opac, *feats = A->feats, *bg = A->bg;
     const int64_t *offsets = A->offsets, *flat_ids = A->flat_ids;
     const real *out_T = A->out_T, *v_feat = A->v_feat, *v_alpha = A->v_alpha;
     const int32_t *out_last = A->out_last;
     const int P = TS * TS, R = 6 + F;
-    real *gbuf = A->grads[worker];
         int c, tx, ty;
         tile_coords(k, TX, TY, &c, &tx, &ty);
         real px[MAXP], py[MAXP], T[MAXP], Tf[MAXP], bgdot[MAXP], va[MAXP], fac[MAXP], ra[MAXP], vs[MAXP];
@@ -255,6 +253,17 @@ static void backward_tile(void *ctx, int k, int worker) {
         }
 }
 
+/* Stripe s handles tiles s, s + n, s + 2n, ... into buffer s: which tiles are summed where, and in
+ * which order, depends only on the stripe count, so gradients are bitwise reproducible. */
+typedef struct { const args_t *A; int nstripes; } stripes_t;
+
+static void backward_stripe(void *ctx, int stripe, int worker) {
+    (void)worker;
+    const stripes_t *S = (const stripes_t *)ctx;
+    const int ntiles = S->A->C * S->A->TX * S->A->TY;
+    for (int k = stripe; k < ntiles; k += S->nstripes) backward_tile(S->A, k, S->A->grads[stripe]);
+}
+
 /* Gradients per Gaussian are written to grad (C*N rows of 6+F: mean x, mean y, conic a, b, c, opacity,
  * features), which the caller zeroes. Each worker accumulates into its own copy, summed at the end. */
 void rasterize_backward(
@@ -272,7 +281,8 @@ void rasterize_backward(
                 (real *)out_T, (real *)out_T, (int32_t *)out_last, v_feat, v_alpha, {NULL}};
     A.grads[0] = grad;
     for (int t = 1; t < nthreads; ++t) A.grads[t] = bufs + (int64_t)(t - 1) * rows;
-    parallel_for(C * TX * TY, backward_tile, &A, nthreads);
+    stripes_t S = {&A, nthreads};
+    parallel_for(nthreads, backward_stripe, &S, nthreads);
     for (int t = 1; t < nthreads; ++t) {
         const real *src = A.grads[t];
 #pragma omp simd
