@@ -72,6 +72,14 @@ def save_splat_file(gaussians: Gaussians, path: str | os.PathLike, opacity_thres
     return path
 
 
+def _checked(g: Gaussians, path: Path) -> Gaussians:
+    try:
+        g.validate()
+    except ValueError as err:
+        raise ValueError(f"{path.name}: {err}") from err
+    return g
+
+
 def load_ply(path: str | os.PathLike) -> Gaussians:
     """Read a 3DGS PLY (binary or ascii). Extra properties (normals, higher SH bands) are ignored."""
     from plyfile import PlyData
@@ -106,11 +114,7 @@ def load_ply(path: str | os.PathLike) -> Gaussians:
         quats=col("rot_0", "rot_1", "rot_2", "rot_3"), opacities=logit_to_opacity(col("opacity")[:, 0]),
         colors=colors.clamp(0, 1),
     ).to(torch.float32)
-    try:
-        g.validate()
-    except ValueError as err:
-        raise ValueError(f"{path.name}: {err}") from err
-    return g
+    return _checked(g, path)
 
 
 def load_splat(path: str | os.PathLike) -> Gaussians:
@@ -126,11 +130,7 @@ def load_splat(path: str | os.PathLike) -> Gaussians:
         quats=(torch.from_numpy(rec["rot"].astype(np.float32)) - 128.0) / 128.0,
         opacities=rgba[:, 3], colors=rgba[:, :3],
     )
-    try:
-        g.validate()
-    except ValueError as err:
-        raise ValueError(f"{path.name}: {err}") from err
-    return g
+    return _checked(g, path)
 
 
 def load_splat_file(path: str | os.PathLike) -> Gaussians:

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from ..gaussians import Gaussians
-from .projection import gaussian_normals
+from .projection import camera_normals
 
 
 def gsplat_available() -> bool:
@@ -35,8 +35,7 @@ def gsplat_arguments(gaussians: Gaussians, cameras: Cameras, width: int, height:
     V = viewmats.shape[1]
     Rw, tw = viewmats[..., :3, :3], viewmats[..., :3, 3]
     means_c = torch.einsum("bvij,bnj->bvni", Rw, gaussians.means) + tw[:, :, None, :]
-    n_cam = torch.einsum("bvij,bnj->bvni", Rw, gaussian_normals(gaussians))
-    n_cam = n_cam * torch.where((n_cam * means_c).sum(-1, keepdim=True) > 0, -1.0, 1.0).to(dtype)
+    n_cam = camera_normals(gaussians, Rw, means_c)
     colors = torch.cat([gaussians.colors[:, None].expand(B, V, N, 3), n_cam], dim=-1)  # [B, V, N, 6]
     bg = torch.zeros(B, V, 6, device=device, dtype=dtype)
     bg[..., :3] = background.to(device, dtype)

@@ -45,6 +45,13 @@ def gaussian_normals(gaussians: Gaussians) -> Tensor:
     return torch.gather(R, -1, shortest[..., None, None].expand(R.shape[:-1] + (1,)))[..., 0]
 
 
+def camera_normals(gaussians: Gaussians, Rw: Tensor, means_c: Tensor) -> Tensor:
+    """[B, V, N, 3] normals in each camera (rotation Rw [B, V, 3, 3]), flipped to face it (n . -mu_c >= 0)."""
+    n_cam = torch.einsum("bvij,bnj->bvni", Rw, gaussian_normals(gaussians))
+    facing = torch.where((n_cam * means_c).sum(-1, keepdim=True) > 0, -1.0, 1.0).to(n_cam.dtype)
+    return n_cam * facing
+
+
 def project(
     gaussians: Gaussians,
     cameras: Cameras,
@@ -114,11 +121,7 @@ def project(
         valid = valid & inside
         ext = torch.where(valid[..., None], ext, torch.zeros_like(ext))
 
-    # Normals: shortest axis in camera space, flipped to face the camera (n . -mu_c >= 0).
-    n_world = gaussian_normals(gaussians)  # [B, N, 3]
-    n_cam = torch.einsum("bvij,bnj->bvni", Rw, n_world)
-    facing = torch.where((n_cam * means_c).sum(-1, keepdim=True) > 0, -1.0, 1.0).to(dtype)
-    n_cam = n_cam * facing
+    n_cam = camera_normals(gaussians, Rw, means_c)
     colors = gaussians.colors[:, None].expand(B, V, N, 3)
     features = torch.cat([colors, z[..., None], n_cam], dim=-1)  # [B, V, N, 7]
 
