@@ -87,8 +87,9 @@ def _load(dtype: torch.dtype) -> ctypes.CDLL | None:
             scalar = {torch.float32: "float", torch.float64: "double"}[dtype]
             try:
                 lib = ctypes.CDLL(str(_build(scalar)))
-                for fn in (lib.rasterize_forward, lib.rasterize_backward, lib.bin_fill):
+                for fn in (lib.rasterize_forward, lib.rasterize_backward):
                     fn.restype = None
+                lib.bin_fill.restype = ctypes.c_int
                 _LIBS[dtype] = lib
             except Exception as err:  # no compiler, sandboxed /tmp, ...: fall back to pure PyTorch
                 _FAILED.append(str(err))
@@ -131,7 +132,6 @@ class _NativeComposite(torch.autograd.Function):
         )
         ctx.save_for_backward(*args, out_T, out_last)
         ctx.bins, ctx.size = bins, (width, height)
-        ctx.mark_non_differentiable(out_last)
         return out_feat, 1 - out_T
 
     @staticmethod
@@ -156,7 +156,8 @@ class _NativeComposite(torch.autograd.Function):
 def bin_fill(C: int, N: int, TX: int, TY: int, order: Tensor, rect: Tensor, offsets: Tensor, flat_ids: Tensor) -> None:
     """Fill ``flat_ids`` with each tile's Gaussians front to back (counting sort, see rasterize.c)."""
     lib = _load(torch.float32)
-    lib.bin_fill(*(ctypes.c_int(v) for v in (C, N, TX, TY)), _ptr(order), _ptr(rect), _ptr(offsets), _ptr(flat_ids))
+    if lib.bin_fill(*(ctypes.c_int(v) for v in (C, N, TX, TY)), _ptr(order), _ptr(rect), _ptr(offsets), _ptr(flat_ids)):
+        raise MemoryError("Out of memory while binning Gaussians into tiles.")
 
 
 def composite_native(means2d, conics, opacities, features, background, bins: TileBins, width: int, height: int):

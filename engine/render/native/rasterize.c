@@ -277,6 +277,7 @@ void rasterize_backward(
     if (nthreads > 64) nthreads = 64;
     const int64_t rows = (int64_t)C * N * (6 + F);
     real *bufs = (real *)calloc((size_t)(nthreads - 1) * rows + 1, sizeof(real));
+    if (bufs == NULL) nthreads = 1; /* no memory for per-thread buffers: accumulate serially */
     args_t A = {C, N, H, W, TS, TX, TY, F, means2d, conics, opac, feats, bg, offsets, flat_ids,
                 (real *)out_T, (real *)out_T, (int32_t *)out_last, v_feat, v_alpha, {NULL}};
     A.grads[0] = grad;
@@ -295,10 +296,11 @@ void rasterize_backward(
  * camera); rect: per Gaussian (tile x0, y0, x1, y1) inclusive, x1 < x0 when not visible; offsets must
  * hold the exclusive prefix sum of per-tile counts (C*TX*TY+1). Visiting Gaussians in depth order
  * keeps every tile's list sorted front to back. */
-void bin_fill(int C, int N, int TX, int TY, const int64_t *order, const int32_t *rect,
+int bin_fill(int C, int N, int TX, int TY, const int64_t *order, const int32_t *rect,
               const int64_t *offsets, int64_t *flat_ids)
 {
     int64_t *cursor = (int64_t *)malloc(sizeof(int64_t) * (size_t)C * TX * TY + 1);
+    if (cursor == NULL) return 1;
     memcpy(cursor, offsets, sizeof(int64_t) * (size_t)C * TX * TY);
     for (int c = 0; c < C; ++c) {
         for (int j = 0; j < N; ++j) {
@@ -309,4 +311,5 @@ void bin_fill(int C, int N, int TX, int TY, const int64_t *order, const int32_t 
         }
     }
     free(cursor);
+    return 0;
 }
