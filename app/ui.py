@@ -24,7 +24,9 @@ def build_demo() -> gr.Blocks:
                     elevation = gr.Slider(-30, 60, value=10, step=1, label="Camera elevation (degrees)")
                     resolution = gr.Slider(64, 512, value=256, step=32, label="Resolution (pixels)")
                     frames = gr.Slider(12, 120, value=48, step=12, label="Turntable frames")
-                    run = gr.Button("Render", variant="primary")
+                    with gr.Row():
+                        run = gr.Button("Render", variant="primary")
+                        stop = gr.Button("Stop", variant="stop")
                     info = gr.Markdown()
                     files = gr.File(label="Downloads (PLY, .splat)", file_count="multiple")
                 with gr.Column(scale=2):
@@ -34,6 +36,7 @@ def build_demo() -> gr.Blocks:
                     model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1))
             outputs = [model, views, normals, video, files, info]
             inputs = [upload, elevation, resolution, frames]
-            run.click(viewer.render_asset, inputs, outputs, api_name="render", concurrency_limit=2)
-            demo.load(viewer.render_asset, inputs, outputs)
+            job = run.click(viewer.render_asset, inputs, outputs, api_name="render", concurrency_limit=2)
+            first = demo.load(viewer.render_asset, inputs, outputs)
+            stop.click(None, cancels=[job, first])
     return demo
