@@ -1,9 +1,6 @@
 """The studio page through gradio_client, as a browser user would drive it."""
 
-import shutil
 import socket
-import threading
-import time
 
 import pytest
 import torch

@@ -36,7 +36,7 @@ static const real T_MIN = (real)1e-4;
 /* Threads take tiles from a shared counter (dynamic schedule) and exit when none are left: no
  * OpenMP runtime, so nothing spins against PyTorch's own thread pool between calls. */
 typedef void (*task_fn)(void *ctx, int task, int worker);
-typedef struct { task_fn fn; void *ctx; int ntasks; atomic_int next; int worker; } pool_t;
+typedef struct { task_fn fn; void *ctx; int ntasks; atomic_int next; } pool_t;
 typedef struct { pool_t *pool; int worker; } worker_t;
 
 static void *worker_main(void *arg) {
@@ -52,7 +52,7 @@ static void *worker_main(void *arg) {
 static void parallel_for(int ntasks, task_fn fn, void *ctx, int nthreads) {
     if (nthreads < 1) nthreads = 1;
     if (nthreads > 64) nthreads = 64;
-    pool_t pool = {fn, ctx, ntasks, 0, 0};
+    pool_t pool = {fn, ctx, ntasks, 0};
     pthread_t th[64];
     worker_t ws[64];
     int started = 0;
