@@ -161,3 +161,20 @@ def turntable(
 def fov_degrees(focal: float = DIFFSPLAT_FOCAL) -> float:
     """Full field of view for a normalised focal length."""
     return math.degrees(2 * math.atan(0.5 / focal))
+
+
+def plucker_rays(cameras: Cameras, height: int, width: int) -> Tensor:
+    """[V, 6, H, W] Plücker coordinates (o x d, d) of each pixel-centre ray, d unit, world frame.
+
+    The diffusion models take them as extra input channels: they tell the network which view it sees.
+    """
+    us = (torch.arange(width, dtype=torch.float32) + 0.5) / width
+    vs = (torch.arange(height, dtype=torch.float32) + 0.5) / height
+    fx, fy, cx, cy = cameras.intrinsics.float().unbind(-1)
+    x = ((us[None, None, :] - cx[:, None, None]) / fx[:, None, None]).expand(-1, height, -1)
+    y = ((vs[None, :, None] - cy[:, None, None]) / fy[:, None, None]).expand(-1, -1, width)
+    d_cam = torch.stack([x, y, torch.ones_like(x)], -1)
+    c2w = cameras.c2w.float()
+    d = torch.nn.functional.normalize(torch.einsum("vij,vhwj->vhwi", c2w[:, :3, :3], d_cam), dim=-1)
+    o = c2w[:, None, None, :3, 3].expand_as(d)
+    return torch.cat([torch.linalg.cross(o, d, dim=-1), d], -1).permute(0, 3, 1, 2).contiguous()

@@ -160,3 +160,20 @@ def quats_from_normals(normals: Tensor) -> Tensor:
     # A normal of exactly -z has no half-way vector: rotate by pi about x instead.
     flip = (normals[..., 2] < -1 + 1e-6)[..., None]
     return torch.where(flip, torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=normals.dtype, device=normals.device), q)
+
+
+def quats_from_rotmat(R: Tensor) -> Tensor:
+    """[..., 3, 3] rotation matrices -> [..., 4] unit quaternions (w, x, y, z) with w >= 0."""
+    m = R.reshape(-1, 3, 3)
+    trace = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    # Four candidate formulas; each is stable where its leading component is the largest.
+    cands = torch.stack([
+        torch.stack([1 + trace, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
+        torch.stack([m[:, 2, 1] - m[:, 1, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], m[:, 0, 1] + m[:, 1, 0], m[:, 0, 2] + m[:, 2, 0]], -1),
+        torch.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2], m[:, 1, 2] + m[:, 2, 1]], -1),
+        torch.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1], 1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1),
+    ], 1)  # [M, 4 candidates, 4]
+    lead = torch.stack([trace, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], -1).argmax(-1)
+    q = torch.nn.functional.normalize(cands[torch.arange(len(m)), lead], dim=-1)
+    q = torch.where(q[:, :1] < 0, -q, q)
+    return q.reshape(R.shape[:-2] + (4,))

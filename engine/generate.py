@@ -1,0 +1,146 @@
+"""Prompt -> 3D Gaussians with a base model, and the command that writes an asset folder.
+
+    python -m engine.generate --prompt "a red chair" --seed 0 --out DIR
+
+writes DIR/asset.ply, DIR/turntable.mp4 (RGB | normals), DIR/views.png, DIR/normals.png and
+DIR/generation.json (every setting, so the asset can be made again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import imageio.v3 as iio
+import torch
+
+from .data.world import parse
+from .export import save_splat_file
+from .gaussians import Gaussians
+from .preview import turntable_frames, view_strips, write_video
+from .render import render
+from .sampling import SCHEDULER_KINDS, Trajectory, sample
+
+MAX_PROMPT_CHARS = 300
+MODELS = ("tiny",)
+
+
+def validate_prompt(prompt) -> str:
+    """The cleaned prompt, or ValueError with a message a person can act on."""
+    if not isinstance(prompt, str):
+        raise ValueError(f"The prompt must be text, got {type(prompt).__name__}.")
+    text = " ".join(prompt.split())
+    if not text:
+        raise ValueError("The prompt is empty: describe an object, e.g. \"a red chair\".")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(f"The prompt is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
+    if not any(ch.isalpha() for ch in text):
+        raise ValueError("The prompt has no words in it: describe an object, e.g. \"a red chair\".")
+    return text
+
+
+def prompt_notice(prompt: str) -> str | None:
+    """A hint when a prompt falls outside what the embedded model was trained on (it still runs)."""
+    if parse(prompt) is None:
+        return ("The embedded model knows 24 object kinds in 12 colours (e.g. \"a blue car\", \"a red mushroom with "
+                "a white stem\"); this prompt names no known object and colour, so expect a guess.")
+    return None
+
+
+@dataclass
+class GenerationSettings:
+    prompt: str
+    seed: int = 0
+    steps: int = 20
+    guidance: float = 4.5
+    scheduler: str = "sde-dpmsolver++"
+    model: str = "tiny"
+
+
+@dataclass
+class Generation:
+    gaussians: Gaussians  # batch of assets
+    maps: torch.Tensor  # [B, V, 12, H, W]
+    latents: torch.Tensor
+    trajectory: Trajectory | None
+    seconds: float
+
+
+def load_model(name: str = "tiny", weights: str | Path | None = None):
+    if name == "tiny":
+        from .models.tiny import DEFAULT_CHECKPOINT, TinySplatModel
+
+        return TinySplatModel.from_pretrained(weights or DEFAULT_CHECKPOINT)
+    raise ValueError(f"Unknown model {name!r}; available: {', '.join(MODELS)}.")
+
+
+def generate(model, prompts: list[str], seeds: list[int], *, steps: int = 20, guidance: float = 4.5,
+             scheduler: str = "sde-dpmsolver++", record: bool = False, callback=None) -> Generation:
+    """One asset per (prompt, seed). Each asset's noise comes from its own seed, so batching does not change it."""
+    if len(prompts) != len(seeds):
+        raise ValueError("Give one seed per prompt.")
+    if scheduler not in SCHEDULER_KINDS:
+        raise ValueError(f"Unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULER_KINDS)}.")
+    prompts = [validate_prompt(p) for p in prompts]
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        cond, uncond = model.encode_prompts(prompts), model.encode_prompts([""])
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        out = sample(model, cond, uncond, steps=steps, guidance=guidance, scheduler=scheduler, generator=generators,
+                     record=record, callback=callback)
+        maps = model.decode(out.latents)
+        gaussians = model.to_gaussians(maps)
+    return Generation(gaussians, maps, out.latents, out.trajectory, time.perf_counter() - t0)
+
+
+def write_asset(g: Gaussians, out: Path, *, frames: int = 48, resolution: int = 256, progress=None) -> dict[str, Path]:
+    """Files for one asset: PLY, 4-view RGB and normal strips, RGB | normal turntable."""
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        views = render(g, model_views(), resolution)
+    rgb, normals = view_strips(views)
+    iio.imwrite(out / "views.png", rgb)
+    iio.imwrite(out / "normals.png", normals)
+    write_video(turntable_frames(g, frames, resolution, progress=progress), out / "turntable.mp4")
+    ply = save_splat_file(g, out / "asset.ply", opacity_threshold=0.01)
+    return {"ply": ply, "views": out / "views.png", "normals": out / "normals.png", "turntable": out / "turntable.mp4"}
+
+
+def model_views():
+    from .cameras import canonical_views
+
+    return canonical_views()
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description="Generate a 3D Gaussian splat from a text prompt.")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--guidance", type=float, default=4.5)
+    p.add_argument("--scheduler", choices=SCHEDULER_KINDS, default="sde-dpmsolver++")
+    p.add_argument("--model", choices=MODELS, default="tiny")
+    p.add_argument("--weights", help="model folder (default: the shipped checkpoint)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--resolution", type=int, default=256)
+    args = p.parse_args(argv)
+    try:
+        prompt = validate_prompt(args.prompt)
+    except ValueError as err:
+        p.error(str(err))
+    if note := prompt_notice(prompt):
+        print(f"note: {note}")
+    model = load_model(args.model, args.weights)
+    result = generate(model, [prompt], [args.seed], steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
+    files = write_asset(result.gaussians[0:1], args.out, frames=args.frames, resolution=args.resolution)
+    settings = GenerationSettings(prompt, args.seed, args.steps, args.guidance, args.scheduler, args.model)
+    (args.out / "generation.json").write_text(json.dumps(asdict(settings) | {"seconds": round(result.seconds, 3)}, indent=2))
+    print(json.dumps({k: str(v) for k, v in files.items()} | {"seconds": round(result.seconds, 3)}))
+
+
+if __name__ == "__main__":
+    main()

