@@ -4,19 +4,44 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import viewer
+from . import generate, viewer
 
 TITLE = "R2D3 Studio"
 INTRO = (
     "Reward alignment of 3D-native diffusion models with 2D rewards. "
-    "This build has the engine's foundation: 3D Gaussian splats, DiffSplat's cameras and a differentiable "
-    "renderer. Inspect the built-in example or upload a 3DGS `.ply` / `.splat` file."
+    "**Generate** turns a prompt into a 3D Gaussian splat with the embedded base model (trained here on a "
+    "procedural world of 24 object kinds in 12 colours; it runs on a CPU). **Viewer** inspects any 3DGS "
+    "`.ply` / `.splat` file."
 )
 
 
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    prompt = gr.Textbox(label="Prompt", placeholder="a red mushroom with a white stem", max_lines=2)
+                    seed = gr.Number(value=0, precision=0, label="Seed")
+                    steps = gr.Slider(4, 50, value=20, step=1, label="Denoising steps")
+                    guidance = gr.Slider(1, 10, value=4.5, step=0.5, label="Guidance scale (CFG)")
+                    g_frames = gr.Slider(12, 96, value=36, step=12, label="Turntable frames")
+                    with gr.Row():
+                        g_run = gr.Button("Generate", variant="primary")
+                        g_stop = gr.Button("Stop", variant="stop")
+                    g_info = gr.Markdown()
+                    g_file = gr.File(label="Download PLY")
+                    gr.Examples(generate.EXAMPLES, [prompt, seed], label="Examples")
+                with gr.Column(scale=2):
+                    g_video = gr.Video(label="Turntable: RGB | normals", autoplay=True, loop=True)
+                    g_views = gr.Image(label="4 views (azimuth 0 / 90 / 180 / 270)", type="filepath")
+                    g_normals = gr.Image(label="Normal maps", type="filepath")
+                    g_model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1))
+            g_inputs = [prompt, seed, steps, guidance, g_frames]
+            g_outputs = [g_model, g_video, g_views, g_normals, g_file, g_info]
+            g_job = g_run.click(generate.run_generate, g_inputs, g_outputs, api_name="generate", concurrency_limit=1)
+            g_submit = prompt.submit(generate.run_generate, g_inputs, g_outputs, concurrency_limit=1)
+            g_stop.click(None, cancels=[g_job, g_submit])
         with gr.Tab("Viewer"):
             with gr.Row():
                 with gr.Column(scale=1):

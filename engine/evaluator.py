@@ -102,7 +102,7 @@ def train_evaluator_step(ev: Evaluator, images: Tensor, captions: list[tuple[str
     img = ev.image_embeds(images)
     txt = ev.text_embeds(embed([c for c, _ in captions]))
     logits = ev.logit_scale.exp().clamp(max=100) * img @ txt.T
-    target = torch.tensor([[_compatible(s, claim) for _, claim in captions] for s in specs], dtype=torch.float32)
+    target = torch.tensor([[_compatible(s, claim) for _, claim in captions] for s in specs], dtype=torch.float32, device=logits.device)
     i2t = -(target / target.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
     t2i = -(target / target.sum(0, keepdim=True) * logits.log_softmax(0)).sum(0).mean()
     return (i2t + t2i) / 2

@@ -64,8 +64,13 @@ class TrainBaseConfig:
 AE_WEIGHTS = torch.tensor([1, 1, 1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 1.5, 2.0]).view(1, 12, 1, 1)
 
 
+def _step_seed(seed: int, stream: int, step: int) -> int:
+    """Batches are a pure function of (seed, stream, step), so a resumed run draws what an unbroken one would."""
+    return (seed * 1_000_003 + stream) * 10_000_019 + step
+
+
 def _save_state(path: Path, tensors: dict, meta: dict) -> None:
-    atomic_save({k: v.contiguous() for k, v in tensors.items()}, path, {"meta": json.dumps(meta)})
+    atomic_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path, {"meta": json.dumps(meta)})
 
 
 def _load_state(path: Path) -> tuple[dict, dict] | None:
@@ -93,7 +98,7 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict:
 def _restore_optimizer(opt: torch.optim.Optimizer, tensors: dict) -> None:
     for i, p in enumerate(opt.param_groups[0]["params"]):
         if f"opt.{i}.exp_avg" in tensors:
-            opt.state[p] = {"exp_avg": tensors[f"opt.{i}.exp_avg"].clone(), "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].clone(),
+            opt.state[p] = {"exp_avg": tensors[f"opt.{i}.exp_avg"].to(p.device), "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(p.device),
                             "step": tensors[f"opt.{i}.step"].reshape(()).clone()}
 
 
@@ -152,19 +157,20 @@ def ae_loss(ae: SplatterAutoencoder, maps: torch.Tensor, kl_weight: float) -> to
     return l1 + kl_weight * kl
 
 
-def stage_autoencoder(cfg: TrainBaseConfig, work: Path) -> SplatterAutoencoder:
+def stage_autoencoder(cfg: TrainBaseConfig, work: Path, device: str = "cpu") -> SplatterAutoencoder:
     maps, _ = load_chunks(work / "data", "maps")
     views = maps.flatten(0, 1)  # [N*4, 12, R, R] float16
     torch.manual_seed(cfg.seed)
-    ae = SplatterAutoencoder()
+    ae = SplatterAutoencoder().to(device)
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(cfg.seed + 1)
+    g = torch.Generator()
 
     def step(i):
+        g.manual_seed(_step_seed(cfg.seed, 1, i))
         for group in opt.param_groups:
             group["lr"] = cfg.ae_lr * 0.5 * (1 + math.cos(math.pi * i / cfg.ae_steps))
         idx = torch.randint(len(views), (cfg.ae_batch_views,), generator=g)
-        loss = ae_loss(ae, views[idx].float(), cfg.ae_kl_weight)
+        loss = ae_loss(ae, views[idx].float().to(device), cfg.ae_kl_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -173,7 +179,7 @@ def stage_autoencoder(cfg: TrainBaseConfig, work: Path) -> SplatterAutoencoder:
     return _train_loop("autoencoder", work, ae, opt, cfg.ae_steps, step, cfg.checkpoint_every)
 
 
-def stage_latents(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder) -> None:
+def stage_latents(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder, device: str = "cpu") -> None:
     out = work / "latents.safetensors"
     if out.exists():
         return
@@ -181,7 +187,7 @@ def stage_latents(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder) -> 
     lat = []
     with torch.no_grad():
         for i in tqdm(range(0, len(maps), 64), desc="latents", mininterval=5):
-            lat.append(ae.encode(maps[i : i + 64].flatten(0, 1).float())[0])
+            lat.append(ae.encode(maps[i : i + 64].flatten(0, 1).float().to(device))[0].cpu())
     lat = torch.cat(lat).reshape(len(maps), 4, *lat[0].shape[1:])
     scale = 1.0 / float(lat.std())
     atomic_save({"latents": lat}, out, {"scaling_factor": repr(scale)})
@@ -201,7 +207,7 @@ def _specs(work: Path) -> list[ObjectSpec]:
     return [ObjectSpec(**d) for p in paths for d in json.loads(p.read_text())]
 
 
-def stage_diffusion(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder):
+def stage_diffusion(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder, device: str = "cpu"):
     latents, scale, specs = load_latents(work)
     ae.register_to_config(scaling_factor=scale)
     latents = latents * scale
@@ -210,27 +216,31 @@ def stage_diffusion(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder):
     ema = TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae)
     ema.transformer.load_state_dict(model.transformer.state_dict())
     ema.requires_grad_(False)
+    model.to(device)
+    ema.to(device)
     params = list(model.transformer.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.diffusion_lr, weight_decay=0.01)
     sched = make_scheduler("ddim")  # only its training-time noise schedule is used
-    ac = sched.alphas_cumprod
+    ac = sched.alphas_cumprod.to(device)
     text = default_text_encoder()
-    g = torch.Generator().manual_seed(cfg.seed + 2)
-    rng = random.Random(cfg.seed + 3)
+    g = torch.Generator()
+    rng = random.Random()
 
     def step(i):
+        g.manual_seed(_step_seed(cfg.seed, 2, i))
+        rng.seed(_step_seed(cfg.seed, 3, i))
         warm = min(1.0, (i + 1) / 200)
         for group in opt.param_groups:
             group["lr"] = cfg.diffusion_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / cfg.diffusion_steps)))
         idx = torch.randint(len(latents), (cfg.diffusion_batch,), generator=g)
-        x0 = latents[idx]
+        x0 = latents[idx].to(device)
         prompts = ["" if rng.random() < cfg.cfg_dropout else caption(specs[j], rng) for j in idx.tolist()]
         emb, mask = text.tokens(prompts)
-        t = torch.randint(0, 1000, (len(idx),), generator=g)
-        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, 1000, (len(idx),), generator=g).to(device)
+        noise = torch.randn(x0.shape, generator=g).to(device)
         a = ac[t].view(-1, 1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = model.eps(xt, t, Condition(emb, mask))
+        pred = model.eps(xt, t, Condition(emb.to(device), mask.to(device)))
         loss = torch.nn.functional.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -243,13 +253,13 @@ def stage_diffusion(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder):
     return ema
 
 
-def stage_evaluator(cfg: TrainBaseConfig, work: Path) -> Evaluator:
+def stage_evaluator(cfg: TrainBaseConfig, work: Path, device: str = "cpu") -> Evaluator:
     images, specs = load_chunks(work / "data" / "evaluator", "images")
     torch.manual_seed(cfg.seed)
-    ev = Evaluator()
+    ev = Evaluator().to(device)
     opt = torch.optim.AdamW(ev.parameters(), lr=2e-3, weight_decay=0.05)
-    g = torch.Generator().manual_seed(cfg.seed + 4)
-    rng = random.Random(cfg.seed + 5)
+    g = torch.Generator()
+    rng = random.Random()
     text = default_text_encoder()
     cache: dict[str, torch.Tensor] = {}
 
@@ -258,14 +268,16 @@ def stage_evaluator(cfg: TrainBaseConfig, work: Path) -> Evaluator:
         if new:
             for p, e in zip(new, text.pooled(new)):
                 cache[p] = e
-        return torch.stack([cache[p] for p in prompts])
+        return torch.stack([cache[p] for p in prompts]).to(device)
 
     def step(i):
+        g.manual_seed(_step_seed(cfg.seed, 4, i))
+        rng.seed(_step_seed(cfg.seed, 5, i))
         for group in opt.param_groups:
             group["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * i / cfg.evaluator_steps))
         idx = torch.randint(len(images), (cfg.evaluator_batch,), generator=g)
         prompts = [evaluator_captions(specs[j], rng) for j in idx.tolist()]
-        loss = train_evaluator_step(ev, images[idx].float() / 255, prompts, embed, specs=[specs[j] for j in idx.tolist()])
+        loss = train_evaluator_step(ev, images[idx].float().to(device) / 255, prompts, embed, specs=[specs[j] for j in idx.tolist()])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -280,6 +292,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, default=Path("checkpoints/tiny-base"))
     p.add_argument("--stage", choices=("all",) + STAGES, default="all")
     p.add_argument("--config", type=Path, help="JSON with TrainBaseConfig fields to override")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the shipped weights were trained on the CPU)")
     args = p.parse_args(argv)
     cfg = TrainBaseConfig(**(json.loads(args.config.read_text()) if args.config else {}))
     args.work.mkdir(parents=True, exist_ok=True)
@@ -293,16 +306,16 @@ def main(argv=None) -> None:
         stage_data(cfg, args.work)
     ae = None
     if any(run(s) for s in ("autoencoder", "latents", "diffusion", "export")):
-        ae = stage_autoencoder(cfg, args.work).eval()
+        ae = stage_autoencoder(cfg, args.work, args.device).eval()
     if run("latents") or run("diffusion") or run("export"):
-        stage_latents(cfg, args.work, ae)
-    model = stage_diffusion(cfg, args.work, ae) if (run("diffusion") or run("export")) else None
+        stage_latents(cfg, args.work, ae, args.device)
+    model = stage_diffusion(cfg, args.work, ae, args.device) if (run("diffusion") or run("export")) else None
     if run("evaluator"):
         stage_evaluator_data(cfg, args.work)
-    ev = stage_evaluator(cfg, args.work) if (run("evaluator") or run("export")) else None
+    ev = stage_evaluator(cfg, args.work, args.device) if (run("evaluator") or run("export")) else None
     if run("export"):
-        model.save_pretrained(args.out)
-        ev.save_pretrained(args.out / "evaluator")
+        model.to("cpu").save_pretrained(args.out)
+        ev.to("cpu").save_pretrained(args.out / "evaluator")
         (args.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     print(json.dumps({"stage": args.stage, "seconds": round(time.time() - t0, 1)}))
 

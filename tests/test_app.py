@@ -61,3 +61,28 @@ def test_bad_upload_gets_a_clear_message(client, tmp_path):
     bad.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 10\nproperty float x\nend_header\n" + b"\0" * 40)
     with pytest.raises(Exception, match="not a 3D Gaussian splat PLY"):
         client.predict(handle_file(str(bad)), 10, 64, 12, api_name="/render")
+
+
+def test_generate_tab_makes_an_asset(client):
+    import imageio.v3 as iio
+
+    from engine.export import load_ply
+
+    model, video, views, normals, ply, info = client.predict("a red chair", 0, 6, 4.5, 12, api_name="/generate")
+    assert load_ply(model).num_gaussians > 1000
+    assert iio.imread(views).shape == (256, 1024, 3) and iio.imread(normals).shape == (256, 1024, 3)
+    assert iio.imread(video).shape[0] == 12
+    assert ply.endswith(".ply") and "a red chair" in info and "6 steps" in info
+
+
+@pytest.mark.parametrize("prompt,message", [("", "empty"), ("   ", "empty"), ("x" * 400, "limit"), ("123 !!", "no words")])
+def test_generate_tab_rejects_bad_prompts(client, prompt, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match=message):
+        client.predict(prompt, 0, 4, 4.5, 12, api_name="/generate")
+
+
+def test_generate_tab_warns_outside_the_world(client):
+    *_, info = client.predict("a teapot", 0, 4, 4.5, 12, api_name="/generate")
+    assert "knows 24 object kinds" in info

@@ -7,7 +7,6 @@ Plain strided convolutions instead of an SD VAE: on two CPU cores this trains ab
 
 from __future__ import annotations
 
-import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
