@@ -45,11 +45,11 @@ class TrainBaseConfig:
     resolution: int = 64
     evaluator_images: int = 12000
     evaluator_seed_base: int = 1_000_000
-    ae_steps: int = 1500
+    ae_steps: int = 2000
     ae_batch_views: int = 32
     ae_lr: float = 1e-3
     ae_kl_weight: float = 1e-6
-    diffusion_steps: int = 7000
+    diffusion_steps: int = 4500
     diffusion_batch: int = 16
     diffusion_lr: float = 4e-4
     cfg_dropout: float = 0.1

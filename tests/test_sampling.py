@@ -14,7 +14,7 @@ NABLA_TIMESTEPS = [999, 949, 899, 849, 799, 749, 699, 649, 599, 549, 500, 450, 4
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    m = TinySplatModel(tiny_transformer(num_layers=1, heads=2, head_dim=8), SplatterAutoencoder(widths=(8, 8, 8)))
+    m = TinySplatModel(tiny_transformer(num_layers=1, heads=2, head_dim=8), SplatterAutoencoder(width=16))
     return m.eval()
 
 

@@ -2,7 +2,9 @@
 
 Each 12-channel splatter view (64x64) maps to a compact latent (8x16x16) and back. Like the GSVAE it
 keeps a decoder between the diffusion latents and the Gaussians, so reward gradients pass through it.
-Plain strided convolutions instead of an SD VAE: on two CPU cores this trains about 4x faster.
+Design: 4x4 pixel (un)shuffle between the maps and a 16x16 grid, with residual 3x3 convolutions on the
+grid. On two CPU cores it trains far faster than a stack of strided convolutions (which learned
+colour and opacity edges slowly) and than an SD-style VAE.
 """
 
 from __future__ import annotations
@@ -12,21 +14,29 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(nn.functional.silu(self.conv1(nn.functional.silu(x))))
+
+
 class SplatterAutoencoder(ModelMixin, ConfigMixin):
     @register_to_config
-    def __init__(self, channels: int = 12, widths: tuple[int, int, int] = (32, 64, 96), latent_channels: int = 8,
-                 scaling_factor: float = 1.0):
+    def __init__(self, channels: int = 12, width: int = 128, latent_channels: int = 8, patch: int = 4,
+                 encoder_blocks: int = 1, decoder_blocks: int = 2, scaling_factor: float = 1.0):
         super().__init__()
-        c1, c2, c3 = widths
-        act = nn.SiLU
+        flat = channels * patch * patch
         self.encoder = nn.Sequential(
-            nn.Conv2d(channels, c1, 3, 1, 1), act(), nn.Conv2d(c1, c2, 4, 2, 1), act(), nn.Conv2d(c2, c2, 3, 1, 1), act(),
-            nn.Conv2d(c2, c3, 4, 2, 1), act(), nn.Conv2d(c3, c3, 3, 1, 1), act(), nn.Conv2d(c3, 2 * latent_channels, 1),
+            nn.PixelUnshuffle(patch), nn.Conv2d(flat, width, 3, 1, 1), *[ResidualBlock(width) for _ in range(encoder_blocks)],
+            nn.SiLU(), nn.Conv2d(width, 2 * latent_channels, 1),
         )
         self.decoder = nn.Sequential(
-            nn.Conv2d(latent_channels, c3, 3, 1, 1), act(), nn.Conv2d(c3, c3, 3, 1, 1), act(),
-            nn.ConvTranspose2d(c3, c2, 4, 2, 1), act(), nn.Conv2d(c2, c2, 3, 1, 1), act(),
-            nn.ConvTranspose2d(c2, c1, 4, 2, 1), act(), nn.Conv2d(c1, c1, 3, 1, 1), act(), nn.Conv2d(c1, channels, 3, 1, 1),
+            nn.Conv2d(latent_channels, width, 3, 1, 1), *[ResidualBlock(width) for _ in range(decoder_blocks)],
+            nn.SiLU(), nn.Conv2d(width, flat, 1), nn.PixelShuffle(patch),
         )
 
     def encode(self, maps: Tensor) -> tuple[Tensor, Tensor]:
