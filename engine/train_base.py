@@ -49,7 +49,7 @@ class TrainBaseConfig:
     ae_batch_views: int = 32
     ae_lr: float = 1e-3
     ae_kl_weight: float = 1e-6
-    diffusion_steps: int = 4500
+    diffusion_steps: int = 3000
     diffusion_batch: int = 16
     diffusion_lr: float = 4e-4
     cfg_dropout: float = 0.1
