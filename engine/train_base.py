@@ -180,26 +180,25 @@ def stage_autoencoder(cfg: TrainBaseConfig, work: Path, device: str = "cpu") -> 
 
 
 def stage_latents(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder, device: str = "cpu") -> None:
+    """Encodes the dataset (posterior means) once; the diffusion stage trains on these."""
     out = work / "latents.safetensors"
     if out.exists():
         return
-    maps, specs = load_chunks(work / "data", "maps")
+    maps, _ = load_chunks(work / "data", "maps")
     lat = []
     with torch.no_grad():
         for i in tqdm(range(0, len(maps), 64), desc="latents", mininterval=5):
             lat.append(ae.encode(maps[i : i + 64].flatten(0, 1).float().to(device))[0].cpu())
     lat = torch.cat(lat).reshape(len(maps), 4, *lat[0].shape[1:])
-    scale = 1.0 / float(lat.std())
-    atomic_save({"latents": lat}, out, {"scaling_factor": repr(scale)})
+    atomic_save({"latents": lat}, out)
 
 
-def load_latents(work: Path) -> tuple[torch.Tensor, float, list[ObjectSpec]]:
-    from safetensors import safe_open
-
-    path = work / "latents.safetensors"
-    with safe_open(str(path), "pt") as f:
-        scale = float(f.metadata()["scaling_factor"])
-    return load_file(str(path))["latents"], scale, _specs(work)
+def load_latents(work: Path) -> tuple[torch.Tensor, list[float], list[float], list[ObjectSpec]]:
+    """Latents [N, V, C, h, w] with their per-channel mean and 1/std (the autoencoder's shift and scale)."""
+    lat = load_file(str(work / "latents.safetensors"))["latents"]
+    mean = lat.mean(dim=(0, 1, 3, 4)).double()
+    std = lat.double().std(dim=(0, 1, 3, 4))
+    return lat, mean.tolist(), (1.0 / std).tolist(), _specs(work)
 
 
 def _specs(work: Path) -> list[ObjectSpec]:
@@ -208,9 +207,9 @@ def _specs(work: Path) -> list[ObjectSpec]:
 
 
 def stage_diffusion(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder, device: str = "cpu"):
-    latents, scale, specs = load_latents(work)
-    ae.register_to_config(scaling_factor=scale)
-    latents = latents * scale
+    latents, shift, scale, specs = load_latents(work)
+    ae.register_to_config(scaling_factor=scale, shift_factor=shift)
+    latents = ae.to_diffusion(latents)
     torch.manual_seed(cfg.seed)
     model = TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae)
     ema = TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae)

@@ -27,7 +27,7 @@ def first_run(tmp_path_factory):
 def test_training_exports_loadable_models(first_run):
     out = first_run / "out"
     model = TinySplatModel.from_pretrained(out)
-    assert model.autoencoder.config.scaling_factor > 0
+    assert len(model.autoencoder.config.scaling_factor) == 8 and min(model.autoencoder.config.scaling_factor) > 0
     cond = model.encode_prompts(["a red chair"])
     latents = sample(model, cond, model.encode_prompts([""]), steps=2, generator=torch.Generator().manual_seed(0)).latents
     assert model.decode(latents).shape == (1, 4, 12, 64, 64)

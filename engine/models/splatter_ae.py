@@ -9,6 +9,7 @@ colour and opacity edges slowly) and than an SD-style VAE.
 
 from __future__ import annotations
 
+import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
@@ -27,7 +28,8 @@ class ResidualBlock(nn.Module):
 class SplatterAutoencoder(ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, channels: int = 12, width: int = 128, latent_channels: int = 8, patch: int = 4,
-                 encoder_blocks: int = 1, decoder_blocks: int = 2, scaling_factor: float = 1.0):
+                 encoder_blocks: int = 1, decoder_blocks: int = 2,
+                 scaling_factor: float | list[float] = 1.0, shift_factor: float | list[float] = 0.0):
         super().__init__()
         flat = channels * patch * patch
         self.encoder = nn.Sequential(
@@ -48,8 +50,16 @@ class SplatterAutoencoder(ModelMixin, ConfigMixin):
         """Unscaled latents [N, L, h, w] -> splatter maps [N, 12, 4h, 4w] in [-1, 1]."""
         return self.decoder(latents).clamp(-1, 1)
 
+    def _per_channel(self, value, like: Tensor) -> Tensor:
+        t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+        return t.view(-1, 1, 1) if t.dim() == 1 else t
+
+    # Diffusion works on per-channel standardised latents, (z - shift) * scale, as SD3/Flux VAEs do:
+    # with a large per-channel mean the epsilon model must resolve it from a tiny signal at high noise,
+    # and samples drift.
     def to_diffusion(self, latents: Tensor) -> Tensor:
-        return latents * self.config.scaling_factor
+        """Autoencoder latents [..., C, h, w] -> diffusion latents."""
+        return (latents - self._per_channel(self.config.shift_factor, latents)) * self._per_channel(self.config.scaling_factor, latents)
 
     def from_diffusion(self, latents: Tensor) -> Tensor:
-        return latents / self.config.scaling_factor
+        return latents / self._per_channel(self.config.scaling_factor, latents) + self._per_channel(self.config.shift_factor, latents)
