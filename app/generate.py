@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import functools
+import json
 import tempfile
 from pathlib import Path
 
 import gradio as gr
 
 from engine.generate import generate, load_model, prompt_notice, validate_prompt, write_asset
+from engine.models.tiny import DEFAULT_CHECKPOINT
 
 EXAMPLES = [
     ["a red chair", 0], ["a blue car", 1], ["a red mushroom with a white stem", 2], ["a green tree", 3],
     ["a yellow rocket", 4], ["a purple lamp", 5], ["a white snowman with a black hat", 6], ["a cyan cup", 7],
     ["a pink ice cream", 8], ["an orange umbrella", 9],
 ]
+
+
+def default_guidance() -> float:
+    """The shipped model's recommended CFG scale (its model_index.json), for the slider's start value."""
+    try:
+        return float(json.loads((DEFAULT_CHECKPOINT / "model_index.json").read_text())["guidance_default"])
+    except (OSError, KeyError, ValueError):
+        return 4.5
 
 
 @functools.lru_cache(maxsize=1)

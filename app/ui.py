@@ -24,7 +24,7 @@ def build_demo() -> gr.Blocks:
                     prompt = gr.Textbox(label="Prompt", placeholder="a red mushroom with a white stem", max_lines=2)
                     seed = gr.Number(value=0, precision=0, label="Seed")
                     steps = gr.Slider(4, 50, value=20, step=1, label="Denoising steps")
-                    guidance = gr.Slider(1, 10, value=4.5, step=0.5, label="Guidance scale (CFG)")
+                    guidance = gr.Slider(1, 10, value=generate.default_guidance(), step=0.5, label="Guidance scale (CFG)")
                     g_frames = gr.Slider(12, 96, value=36, step=12, label="Turntable frames")
                     with gr.Row():
                         g_run = gr.Button("Generate", variant="primary")

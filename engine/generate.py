@@ -56,7 +56,7 @@ class GenerationSettings:
     prompt: str
     seed: int = 0
     steps: int = 20
-    guidance: float = 4.5
+    guidance: float | None = None
     scheduler: str = "sde-dpmsolver++"
     model: str = "tiny"
 
@@ -78,9 +78,13 @@ def load_model(name: str = "tiny", weights: str | Path | None = None):
     raise ValueError(f"Unknown model {name!r}; available: {', '.join(MODELS)}.")
 
 
-def generate(model, prompts: list[str], seeds: list[int], *, steps: int = 20, guidance: float = 4.5,
+def generate(model, prompts: list[str], seeds: list[int], *, steps: int = 20, guidance: float | None = None,
              scheduler: str = "sde-dpmsolver++", record: bool = False, callback=None) -> Generation:
-    """One asset per (prompt, seed). Each asset's noise comes from its own seed, so batching does not change it."""
+    """One asset per (prompt, seed). Each asset's noise comes from its own seed, so batching does not change it.
+
+    ``guidance`` None uses the model's own default (its model_index.json)."""
+    if guidance is None:
+        guidance = model.guidance_default
     if len(prompts) != len(seeds):
         raise ValueError("Give one seed per prompt.")
     if scheduler not in SCHEDULER_KINDS:
@@ -130,7 +134,7 @@ def main(argv=None) -> None:
     p.add_argument("--prompt", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--guidance", type=float, default=4.5)
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
     p.add_argument("--scheduler", choices=SCHEDULER_KINDS, default="sde-dpmsolver++")
     p.add_argument("--model", choices=MODELS, default="tiny")
     p.add_argument("--weights", help="model folder (default: the shipped checkpoint)")
@@ -147,7 +151,7 @@ def main(argv=None) -> None:
     model = load_model(args.model, args.weights)
     result = generate(model, [prompt], [args.seed], steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
     files = write_asset(result.gaussians[0:1], args.out, frames=args.frames, resolution=args.resolution)
-    settings = GenerationSettings(prompt, args.seed, args.steps, args.guidance, args.scheduler, args.model)
+    settings = GenerationSettings(prompt, args.seed, args.steps, args.guidance or model.guidance_default, args.scheduler, args.model)
     (args.out / "generation.json").write_text(json.dumps(asdict(settings) | {"seconds": round(result.seconds, 3)}, indent=2))
     print(json.dumps({k: str(v) for k, v in files.items()} | {"seconds": round(result.seconds, 3)}))
 

@@ -49,10 +49,11 @@ class TrainBaseConfig:
     ae_batch_views: int = 32
     ae_lr: float = 1e-3
     ae_kl_weight: float = 1e-6
-    diffusion_steps: int = 3000
+    diffusion_steps: int = 2500
     diffusion_batch: int = 16
     diffusion_lr: float = 4e-4
     cfg_dropout: float = 0.1
+    prediction_type: str = "v_prediction"  # the network's target; samplers always see ε (see TinySplatModel.eps)
     ema_decay: float = 0.998
     transformer_layers: int = 8
     evaluator_steps: int = 1500
@@ -211,8 +212,8 @@ def stage_diffusion(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder, d
     ae.register_to_config(scaling_factor=scale, shift_factor=shift)
     latents = ae.to_diffusion(latents)
     torch.manual_seed(cfg.seed)
-    model = TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae)
-    ema = TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae)
+    model = TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae, prediction_type=cfg.prediction_type)
+    ema = TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae, prediction_type=cfg.prediction_type)
     ema.transformer.load_state_dict(model.transformer.state_dict())
     ema.requires_grad_(False)
     model.to(device)
@@ -239,8 +240,9 @@ def stage_diffusion(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder, d
         noise = torch.randn(x0.shape, generator=g).to(device)
         a = ac[t].view(-1, 1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = model.eps(xt, t, Condition(emb.to(device), mask.to(device)))
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        pred = model.network_output(xt, t, Condition(emb.to(device), mask.to(device)))
+        target = noise if cfg.prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        loss = torch.nn.functional.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

