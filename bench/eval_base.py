@@ -126,8 +126,9 @@ def main(argv=None) -> None:
         sel = [r[key] for r in rows if split is None or r["split"] == split]
         return round(sum(sel) / len(sel), 4) if sel else None
 
-    k_mean, k_std = kid(torch.cat(sample_feats), torch.cat(gt_feats))
-    r_mean, r_std = kid(torch.cat(gt2_feats), torch.cat(gt_feats))
+    unit = lambda f: torch.nn.functional.normalize(torch.cat(f), dim=-1)  # noqa: E731  (bounded kernel values)
+    k_mean, k_std = kid(unit(sample_feats), unit(gt_feats))
+    r_mean, r_std = kid(unit(gt2_feats), unit(gt_feats))
     result = {
         "guidance": args.guidance or model.guidance_default, "steps": args.steps, "prompts": len(prompts), "seeds": args.seeds, "assets": len(rows),
         "category_accuracy": rate("category_ok"), "colour_accuracy": rate("colour_ok"), "r_precision": rate("rank_ok"),
