@@ -17,6 +17,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import torch
 
+from .cameras import canonical_views
 from .data.world import parse
 from .export import save_splat_file
 from .gaussians import Gaussians
@@ -124,8 +125,7 @@ def visible(g: Gaussians) -> Gaussians:
 
 
 def model_views():
-    from .cameras import canonical_views
-
+    """The 4 views the embedded model generates (and the turntable's elevation)."""
     return canonical_views()
 
 

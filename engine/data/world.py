@@ -354,7 +354,9 @@ def build(spec: ObjectSpec) -> list[Primitive]:
     cat = _BY_NAME[spec.category]
     rng = random.Random(f"shape/{spec.seed}")
     parts = cat.build(rng)
-    jitter = lambda c: tuple(min(1.0, max(0.0, v + rng.uniform(-0.04, 0.04))) for c_ in [c] for v in c_)  # noqa: E731
+    def jitter(color):
+        return tuple(min(1.0, max(0.0, v + rng.uniform(-0.04, 0.04))) for v in color)
+
     main = jitter(COLORS[spec.color])
     second_name = spec.second_color or cat.second_default
     second = jitter(COLORS[second_name]) if second_name else main
