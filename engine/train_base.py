@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from .data.dataset import atomic_save, build_chunks, load_chunks
+from .data.dataset import atomic_save, build_chunks, load_chunks, load_specs
 from .data.world import ObjectSpec, caption
 from .evaluator import Evaluator, evaluator_captions, train_evaluator_step
 from .models.splatter_ae import SplatterAutoencoder
@@ -159,8 +159,13 @@ def ae_loss(ae: SplatterAutoencoder, maps: torch.Tensor, kl_weight: float) -> to
 
 
 def stage_autoencoder(cfg: TrainBaseConfig, work: Path, device: str = "cpu") -> SplatterAutoencoder:
-    maps, _ = load_chunks(work / "data", "maps")
-    views = maps.flatten(0, 1)  # [N*4, 12, R, R] float16
+    data: dict[str, torch.Tensor] = {}  # loaded on the first step: a finished stage needs no data
+
+    def views() -> torch.Tensor:
+        if "views" not in data:
+            data["views"] = load_chunks(work / "data", "maps")[0].flatten(0, 1)  # [N*4, 12, R, R] float16
+        return data["views"]
+
     torch.manual_seed(cfg.seed)
     ae = SplatterAutoencoder().to(device)
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.ae_lr, weight_decay=0.0)
@@ -170,8 +175,8 @@ def stage_autoencoder(cfg: TrainBaseConfig, work: Path, device: str = "cpu") -> 
         g.manual_seed(_step_seed(cfg.seed, 1, i))
         for group in opt.param_groups:
             group["lr"] = cfg.ae_lr * 0.5 * (1 + math.cos(math.pi * i / cfg.ae_steps))
-        idx = torch.randint(len(views), (cfg.ae_batch_views,), generator=g)
-        loss = ae_loss(ae, views[idx].float().to(device), cfg.ae_kl_weight)
+        idx = torch.randint(len(views()), (cfg.ae_batch_views,), generator=g)
+        loss = ae_loss(ae, views()[idx].float().to(device), cfg.ae_kl_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -199,12 +204,7 @@ def load_latents(work: Path) -> tuple[torch.Tensor, list[float], list[float], li
     lat = load_file(str(work / "latents.safetensors"))["latents"]
     mean = lat.mean(dim=(0, 1, 3, 4)).double()
     std = lat.double().std(dim=(0, 1, 3, 4))
-    return lat, mean.tolist(), (1.0 / std).tolist(), _specs(work)
-
-
-def _specs(work: Path) -> list[ObjectSpec]:
-    paths = sorted((work / "data").glob("maps_*.json"))
-    return [ObjectSpec(**d) for p in paths for d in json.loads(p.read_text())]
+    return lat, mean.tolist(), (1.0 / std).tolist(), load_specs(work / "data", "maps")
 
 
 def stage_diffusion(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder, device: str = "cpu"):

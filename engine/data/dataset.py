@@ -59,6 +59,9 @@ def load_chunks(folder: Path, kind: str) -> tuple[torch.Tensor, list[ObjectSpec]
     paths = sorted(folder.glob(f"{kind}_*.safetensors"))
     if not paths:
         raise FileNotFoundError(f"No {kind} chunks in {folder}; run the data stage first.")
-    data = torch.cat([load_file(str(p))[kind] for p in paths])
-    specs = [ObjectSpec(**d) for p in paths for d in json.loads(p.with_suffix(".json").read_text())]
-    return data, specs
+    return torch.cat([load_file(str(p))[kind] for p in paths]), load_specs(folder, kind)
+
+
+def load_specs(folder: Path, kind: str) -> list[ObjectSpec]:
+    """The object specs of every chunk, in chunk order (without loading the tensors)."""
+    return [ObjectSpec(**d) for p in sorted(folder.glob(f"{kind}_*.json")) for d in json.loads(p.read_text())]
