@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from .cameras import Cameras
+
+
+def _pixel_rays(Ks: Tensor, H: int, W: int) -> Tensor:
+    """[N, 3, H, W] camera-space rays K^-1 [u, v, 1] through the pixel centres (z = 1)."""
+    N = Ks.shape[0]
+    v, u = torch.meshgrid(torch.arange(H, dtype=Ks.dtype, device=Ks.device) + 0.5,
+                          torch.arange(W, dtype=Ks.dtype, device=Ks.device) + 0.5, indexing="ij")
+    fx, fy = Ks[:, 0, 0].view(N, 1, 1), Ks[:, 1, 1].view(N, 1, 1)
+    cx, cy = Ks[:, 0, 2].view(N, 1, 1), Ks[:, 1, 2].view(N, 1, 1)
+    return torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like(u - cx)], 1)
 
 
 def depth_normals(depth: Tensor, alpha: Tensor, Ks: Tensor) -> Tensor:
@@ -19,23 +31,21 @@ def depth_normals(depth: Tensor, alpha: Tensor, Ks: Tensor) -> Tensor:
     """
     N, _, H, W = depth.shape
     z = depth / alpha.clamp_min(1e-6)
-    v, u = torch.meshgrid(torch.arange(H, dtype=depth.dtype, device=depth.device) + 0.5,
-                          torch.arange(W, dtype=depth.dtype, device=depth.device) + 0.5, indexing="ij")
-    fx, fy = Ks[:, 0, 0].view(N, 1, 1), Ks[:, 1, 1].view(N, 1, 1)
-    cx, cy = Ks[:, 0, 2].view(N, 1, 1), Ks[:, 1, 2].view(N, 1, 1)
-    zz = z[:, 0]
-    P = torch.stack([(u - cx) / fx * zz, (v - cy) / fy * zz, zz], 1)  # [N, 3, H, W]
+    P = _pixel_rays(Ks.to(depth), H, W) * z  # [N, 3, H, W] camera-space points
     d_r = P[:, :, 2:, 1:-1] - P[:, :, :-2, 1:-1]
     d_c = P[:, :, 1:-1, 2:] - P[:, :, 1:-1, :-2]
     n = torch.nn.functional.normalize(torch.linalg.cross(d_r, d_c, dim=1), dim=1)
     return torch.nn.functional.pad(n, (1, 1, 1, 1))
 
 
-def depth_normal_consistency(depth: Tensor, normal: Tensor, alpha: Tensor, cameras: Cameras, *, mask_threshold: float = 0.5) -> Tensor:
+def depth_normal_consistency(depth: Tensor, normal: Tensor, alpha: Tensor, cameras: Cameras, *, mask_threshold: float = 0.5,
+                             max_angle: float | None = None) -> Tensor:
     """Per-image mean cosine between rendered normals and depth-derived normals over the object mask.
 
     As the DNC geometry reward of Nabla-R2D3 (research/nabla-r2d3.md §4.3), with this project's
     intrinsics instead of a fixed 40-degree FoV. Inputs are [N, C, H, W]; ``cameras`` holds N cameras.
+    ``max_angle`` (degrees), the reference's angle mask: only pixels whose depth normal is within this
+    angle of the viewing ray count (grazing surfaces have unreliable finite differences).
     Returns [N] in [-1, 1]; higher is more self-consistent geometry.
     """
     N, _, H, W = depth.shape
@@ -43,6 +53,9 @@ def depth_normal_consistency(depth: Tensor, normal: Tensor, alpha: Tensor, camer
     n_d = depth_normals(depth, alpha, Ks)
     n_r = torch.nn.functional.normalize(normal, dim=1)
     m = (alpha > mask_threshold).to(depth)
+    if max_angle is not None:
+        rays = torch.nn.functional.normalize(_pixel_rays(Ks, H, W), dim=1)
+        m = m * ((rays * n_d).sum(1, keepdim=True).abs() > math.cos(math.radians(max_angle))).to(depth)
     return ((n_r * n_d).sum(1, keepdim=True) * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
 
 
