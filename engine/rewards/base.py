@@ -8,7 +8,7 @@ normal maps and the N cameras. It returns [N] scores, differentiable with respec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import ClassVar, Literal, Sequence
 
 import torch

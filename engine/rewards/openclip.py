@@ -263,13 +263,13 @@ def load_open_clip(path: str | Path, config: ClipConfig, text: bool = True) -> O
 
 def preprocess(images: Tensor, size: int, fit: Literal["crop", "pad", "stretch"] = "crop", *, antialias: bool = True,
                mean: tuple[float, ...] = OPENAI_MEAN, std: tuple[float, ...] = OPENAI_STD) -> Tensor:
-    """Differentiable CLIP preprocessing on tensors: [N, 3, H, W] in [0, 1] -> [N, 3, size, size], fp32.
+    """Differentiable CLIP preprocessing on tensors: [N, 3, H, W] in [0, 1] -> [N, 3, size, size].
 
     ``crop``: bicubic resize of the short side + centre crop (open_clip's eval transform);
     ``pad``: the long side to ``size`` and zero padding (HPSv2's ResizeMaxSize);
     ``stretch``: straight to size x size (the reference's aesthetic scorer).
     """
-    x = images.float()
+    x = images.to(torch.promote_types(images.dtype, torch.float32))  # fp32 at least: bf16 is too coarse for rewards
     H, W = x.shape[-2:]
     if fit == "stretch":
         x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=antialias)

@@ -1,0 +1,236 @@
+"""Rewards from real pretrained models, loaded from local weights: HPSv2, LAION aesthetic, CLIP score.
+
+Weights come from a path the user gives (a file, or a folder holding the expected file names) or
+from the local Hugging Face cache; nothing is downloaded. Scores are computed in fp32 (or float64
+when given float64), with differentiable tensor preprocessing (research/nabla-r2d3.md §4.1-4.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .base import Reward, RewardInputs
+from .openclip import (ClipConfig, ClipTokenizer, OpenClip, check_state_dict, get_config, load_open_clip, open_clip_vocab,
+                       preprocess, read_open_clip_config, read_state_dict)
+
+
+class MissingWeights(FileNotFoundError):
+    """A reward's weights are not on this machine; the message says which file to put where."""
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    what: str
+    filenames: tuple[str, ...]
+    repo: str | None  # Hugging Face repository looked up in the local cache
+    source: str  # where a user gets it
+
+    def find(self, path: str | Path | None = None) -> Path:
+        if path is not None:
+            path = Path(path).expanduser()
+            if path.is_file():
+                return path
+            if path.is_dir():
+                for name in self.filenames:
+                    if (path / name).is_file():
+                        return path / name
+            raise MissingWeights(f"{self.what}: no {' or '.join(self.filenames)} at {path}. It comes from {self.source}.")
+        if self.repo is not None:
+            from huggingface_hub import try_to_load_from_cache
+
+            for name in self.filenames:
+                hit = try_to_load_from_cache(self.repo, name)
+                if isinstance(hit, str):
+                    return Path(hit)
+        cache = (f", or fetch it into the Hugging Face cache on a machine with internet access "
+                 f"(huggingface-cli download {self.repo} {self.filenames[0]})") if self.repo else ""
+        raise MissingWeights(f"{self.what} not found: pass the path of {self.filenames[0]} (weights=... in Python, "
+                             f"--weights NAME=PATH on the command line){cache}. It comes from {self.source}.")
+
+
+_TOKENIZER_REPOS = ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "openai/clip-vit-large-patch14", "openai/clip-vit-base-patch32")
+
+
+def find_tokenizer(path: str | Path | None = None, near: Path | None = None) -> Path:
+    """CLIP's BPE merges: a given file or folder, beside the weights, open_clip's package file, or the HF cache."""
+    names = ("bpe_simple_vocab_16e6.txt.gz", "merges.txt")
+    for folder in ([Path(path)] if path else []) + ([near] if near else []):
+        if folder.is_file():
+            return folder
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    if path:
+        raise MissingWeights(f"No CLIP tokenizer file ({' or '.join(names)}) at {path}.")
+    if (vocab := open_clip_vocab()) is not None:
+        return vocab
+    from huggingface_hub import try_to_load_from_cache
+
+    for repo in _TOKENIZER_REPOS:
+        hit = try_to_load_from_cache(repo, "merges.txt")
+        if isinstance(hit, str):
+            return Path(hit)
+    raise MissingWeights("CLIP's BPE vocabulary not found: pip install open_clip_torch --no-deps (it ships "
+                         "bpe_simple_vocab_16e6.txt.gz), or put a CLIP merges.txt beside the weights.")
+
+
+def _config_for(weights: Path, model_name: str) -> ClipConfig:
+    return read_open_clip_config(weights.parent) or get_config(model_name)
+
+
+class ClipScoreReward(Reward):
+    """CLIP score: cosine between the image and prompt embeddings of an open_clip model."""
+
+    name = "clip"
+    value_range = (0.15, 0.35)
+    needs = ("images", "prompts")
+    description = "CLIP score (image-prompt cosine) with any open_clip ViT"
+    fit: ClassVar[str] = "crop"
+    default_model: ClassVar[str] = "ViT-B-32"
+    # open_clip weights looked up in the local Hugging Face cache when no path is given
+    CACHE_REPOS: ClassVar[dict[str, str]] = {
+        "ViT-B-32": "laion/CLIP-ViT-B-32-laion2B-s34B-b79K", "ViT-B-16": "laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
+        "ViT-L-14": "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", "ViT-H-14": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+    }
+
+    def __init__(self, model: OpenClip, tokenizer: ClipTokenizer):
+        super().__init__()
+        if tokenizer.vocab_size != model.config.vocab_size or tokenizer.context_length != model.config.context_length:
+            raise ValueError(f"Tokenizer ({tokenizer.vocab_size} tokens, context {tokenizer.context_length}) does not fit the "
+                             f"model ({model.config.vocab_size}, {model.config.context_length}).")
+        self.model, self.tokenizer = model, tokenizer
+        self.freeze()
+        self._text_cache: dict[str, Tensor] = {}
+
+    @classmethod
+    def locate(cls, weights: str | Path | None = None, model_name: str | None = None) -> Path:
+        name = model_name or cls.default_model
+        repo = cls.CACHE_REPOS.get(name.removesuffix("-quickgelu"))
+        return WeightFile(f"open_clip {name} weights", ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), repo,
+                          f"the Hugging Face repository {repo or 'of that open_clip model'}").find(weights)
+
+    @classmethod
+    def available(cls, weights: str | Path | None = None) -> tuple[bool, str]:
+        try:
+            path = cls.locate(weights)
+            return True, f"{path} (tokenizer {find_tokenizer(None, path.parent)})"
+        except MissingWeights as e:
+            return False, str(e)
+
+    @classmethod
+    def from_weights(cls, weights: str | Path | None = None, model_name: str | None = None,
+                     tokenizer: str | Path | None = None) -> "ClipScoreReward":
+        """``weights``: an open_clip checkpoint file or its folder; ``model_name``: an open_clip name such as
+        ViT-B-32 (an open_clip_config.json beside the weights wins); ``tokenizer``: the BPE merges file."""
+        return cls.from_file(cls.locate(weights, model_name), model_name, tokenizer)
+
+    @classmethod
+    def from_file(cls, path: Path, model_name: str | None = None, tokenizer: str | Path | None = None) -> "ClipScoreReward":
+        config = _config_for(path, model_name or cls.default_model)
+        tok = ClipTokenizer.from_file(find_tokenizer(tokenizer, path.parent), config.context_length)
+        return cls(load_open_clip(path, config), tok)
+
+    @torch.no_grad()
+    def text_embeds(self, prompts: list[str]) -> Tensor:
+        param = self.model.text_projection
+        new = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
+        if new:
+            for p, e in zip(new, self.model.encode_text(self.tokenizer(new).to(param.device))):
+                self._text_cache[p] = e
+        return torch.stack([self._text_cache[p] for p in prompts]).to(param)
+
+    def image_embeds(self, images: Tensor) -> Tensor:
+        pixels = preprocess(images, self.model.config.image_size, self.fit)
+        return self.model.encode_image(pixels.to(self.model.visual.proj.dtype))
+
+    def score(self, inputs: RewardInputs) -> Tensor:
+        with torch.autocast(inputs.images.device.type, enabled=False):
+            return (self.image_embeds(inputs.images) * self.text_embeds(inputs.prompts)).sum(-1)
+
+
+class HPSv2Reward(ClipScoreReward):
+    """Human Preference Score v2 (v2.0 / v2.1): an open_clip ViT-H-14 with HPS's fine-tuned weights; the
+    score is the image-prompt cosine (research/nabla-r2d3.md §4.2, typically 0.2-0.35)."""
+
+    name = "hpsv2"
+    value_range = (0.2, 0.35)
+    description = "HPS v2 human preference score (open_clip ViT-H-14)"
+    fit = "pad"
+    default_model = "ViT-H-14"
+    VERSIONS: ClassVar[dict[str, str]] = {"v2.1": "HPS_v2.1_compressed.pt", "v2.0": "HPS_v2_compressed.pt"}
+
+    @classmethod
+    def locate(cls, weights: str | Path | None = None, version: str = "v2.1") -> Path:
+        if version not in cls.VERSIONS:
+            raise ValueError(f"HPS version must be one of {list(cls.VERSIONS)}, got {version!r}.")
+        return WeightFile(f"HPS {version} checkpoint", (cls.VERSIONS[version],), "xswu/HPSv2",
+                          f"the Hugging Face repository xswu/HPSv2 ({cls.VERSIONS[version]})").find(weights)
+
+    @classmethod
+    def from_weights(cls, weights: str | Path | None = None, model_name: str | None = None,
+                     tokenizer: str | Path | None = None, version: str = "v2.1") -> "HPSv2Reward":
+        return cls.from_file(cls.locate(weights, version), model_name, tokenizer)
+
+
+class AestheticHead(nn.Module):
+    """LAION's improved aesthetic predictor (linear-MSE): five linear layers, no activations."""
+
+    def __init__(self, embed_dim: int = 768):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(embed_dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
+                                    nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class AestheticReward(Reward):
+    """LAION aesthetic score: the MLP head on L2-normalised CLIP ViT-L-14 (OpenAI) image embeddings,
+    roughly 1-10 (research/nabla-r2d3.md §4.1)."""
+
+    name = "aesthetic"
+    value_range = (4.0, 7.0)
+    needs = ("images",)
+    description = "LAION aesthetic predictor on CLIP ViT-L-14 (OpenAI)"
+    default_model = "ViT-L-14-quickgelu"
+    clip_file = WeightFile("CLIP ViT-L-14 (OpenAI) weights in open_clip format",
+                           ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"), "timm/vit_large_patch14_clip_224.openai",
+                           "the Hugging Face repository timm/vit_large_patch14_clip_224.openai")
+    head_file = WeightFile("LAION aesthetic head", ("sac+logos+ava1-l14-linearMSE.pth", "sac+logos+ava1-l14-linearMSE.safetensors"),
+                           None, "LAION-AI's improved-aesthetic-predictor repository (sac+logos+ava1-l14-linearMSE.pth)")
+
+    def __init__(self, model: OpenClip, head: AestheticHead):
+        super().__init__()
+        self.model, self.head = model, head
+        self.freeze()
+
+    @classmethod
+    def available(cls, weights: str | Path | None = None, head: str | Path | None = None) -> tuple[bool, str]:
+        try:
+            return True, f"{cls.clip_file.find(weights)} + {cls.head_file.find(head or weights)}"
+        except MissingWeights as e:
+            return False, str(e)
+
+    @classmethod
+    def from_weights(cls, weights: str | Path | None = None, head: str | Path | None = None,
+                     model_name: str | None = None) -> "AestheticReward":
+        """``weights``: the CLIP file or a folder; ``head``: the MLP file or folder (default: the CLIP folder)."""
+        path = cls.clip_file.find(weights)
+        head_path = cls.head_file.find(head or (weights if weights is not None and Path(weights).is_dir() else None))
+        config = _config_for(path, model_name or cls.default_model)
+        mlp = AestheticHead(config.embed_dim)
+        sd = check_state_dict(mlp, read_state_dict(head_path), str(head_path))
+        mlp.load_state_dict({k: v.float() for k, v in sd.items()})
+        return cls(load_open_clip(path, config, text=False), mlp)
+
+    def score(self, inputs: RewardInputs) -> Tensor:
+        with torch.autocast(inputs.images.device.type, enabled=False):
+            # as the reference scorer: bicubic straight to 224 without antialiasing, no crop
+            pixels = preprocess(inputs.images, self.model.config.image_size, "stretch", antialias=False)
+            embeds = self.model.encode_image(pixels.to(self.model.visual.proj.dtype))
+            return self.head(embeds)[:, 0]
