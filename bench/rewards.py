@@ -10,8 +10,9 @@ its prompt cache warm (as in training, where prompts repeat); a second row times
 on 4 renders at 256 px.
 
 Sanity rows: ``geometry`` on every category's ground-truth splats against the same splats with
-jittered rotations; ``alignment`` ranking on exact ray-cast renders of held-out objects (does each
-object's own caption outscore the other objects' captions, mean over the 4 views).
+jittered rotations; ``alignment`` ranking on exact ray-cast renders of the 24 held-out category-colour
+pairs, one object each: does each object's own caption outscore the other objects' captions (score
+averaged over the 4 views)? ``pairwise_rate`` over all pairs, ``top1_rate`` per object.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch  # noqa: E402
 from engine.cameras import canonical_views  # noqa: E402
 from engine.data.primitives import Scene  # noqa: E402
 from engine.data.raycast import raycast_views, splatter_maps  # noqa: E402
-from engine.data.world import CATEGORY_NAMES, COLOR_NAMES, ObjectSpec, build, caption, sample_spec  # noqa: E402
+from engine.data.world import CATEGORY_NAMES, COLOR_NAMES, HELD_OUT, ObjectSpec, build, caption  # noqa: E402
 from engine.gaussians import Gaussians  # noqa: E402
 from engine.render import RenderOutput, render  # noqa: E402
 from engine.rewards import (AestheticReward, AlignmentReward, ClipScoreReward, ColorfulnessReward, GeometryReward,  # noqa: E402
@@ -134,7 +135,7 @@ def main(argv=None) -> None:
 
     # alignment: each held-out object's caption against every other object's caption, on exact renders
     rng = random.Random(0)
-    objs = [sample_spec(s, "held_out") for s in range(args.objects)]
+    objs = [ObjectSpec(c, col, None, i) for i, (c, col) in enumerate(sorted(HELD_OUT)[: args.objects])]
     caps = [caption(s, rng) for s in objs]
     with torch.no_grad():
         rgb = torch.stack([raycast_views(Scene.pack(build(s)), CAMS, 128, supersample=2)["rgb"] for s in objs])

@@ -11,7 +11,7 @@ import torch
 from engine.cameras import canonical_views
 from engine.data.primitives import Scene
 from engine.data.raycast import raycast_views, splatter_maps
-from engine.data.world import ObjectSpec, build, caption, sample_spec
+from engine.data.world import HELD_OUT, ObjectSpec, build, caption
 from engine.gaussians import Gaussians
 from engine.render import RenderOutput, render
 from engine.rewards import (REWARDS, AestheticReward, AlignmentReward, ClipScoreReward, ColorfulnessReward, Ensemble,
@@ -146,7 +146,7 @@ def test_colorfulness_gradient(mushroom):
 
 def test_alignment_ranks_matching_prompt_first():
     rng = random.Random(0)
-    specs = [sample_spec(s, "held_out") for s in range(8)]
+    specs = [ObjectSpec(c, col, None, i) for i, (c, col) in enumerate(sorted(HELD_OUT)[:8])]
     prompts = [caption(s, rng) for s in specs]
     images = torch.stack([raycast_views(Scene.pack(build(s)), CAMS[:1], 64)["rgb"][0] for s in specs])
     reward = AlignmentReward()
