@@ -5,7 +5,8 @@ DDIM. Each step x_j -> x_{j+1} is a Gaussian transition N(mean_j, std_j^2 I); th
 holds x_j, x_{j+1}, t_j, the (CFG-combined) model output, mean_j and std_j, so a trainer can recompute
 the transition's log-probability or score under new weights without sampling again.
 
-A model used here provides ``latent_shape``, ``eps(latents, timesteps, cond)`` and ``encode_prompts``.
+A model used here provides ``latent_shape``, ``eps(latents, timesteps, cond)`` and ``encode_prompts``, and
+optionally ``noise_schedule`` (its training betas, default BETAS).
 """
 
 from __future__ import annotations
@@ -19,16 +20,20 @@ from torch import Tensor
 
 SCHEDULER_KINDS = ("sde-dpmsolver++", "ddim")
 BETAS = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear", prediction_type="epsilon")
+# SD1.5's training schedule (DiffSplat-SD1.5); PixArt-Sigma, DiffSplat-PixArt and the tiny model use BETAS
+SD15_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon")
 
 
-def make_scheduler(kind: str = "sde-dpmsolver++"):
+def make_scheduler(kind: str = "sde-dpmsolver++", betas: dict | None = None):
+    """A sampler over a model's training noise schedule (``betas``: diffusers' beta arguments, BETAS by default)."""
+    betas = {**BETAS, **(betas or {})}
     if kind == "sde-dpmsolver++":
         return DPMSolverMultistepScheduler(
-            **BETAS, algorithm_type="sde-dpmsolver++", solver_order=1, final_sigmas_type="sigma_min",
+            **betas, algorithm_type="sde-dpmsolver++", solver_order=1, final_sigmas_type="sigma_min",
             timestep_spacing="linspace", steps_offset=1, lower_order_final=True,
         )
     if kind == "ddim":
-        return DDIMScheduler(**BETAS, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False)
+        return DDIMScheduler(**betas, timestep_spacing="trailing", clip_sample=False, set_alpha_to_one=False)
     raise ValueError(f"Unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULER_KINDS)}.")
 
 
@@ -127,7 +132,7 @@ def sample(
     """
     if steps < 1:
         raise ValueError("steps must be >= 1.")
-    sched = make_scheduler(scheduler)
+    sched = make_scheduler(scheduler, getattr(model, "noise_schedule", None))
     sched.set_timesteps(steps)
     B = len(cond)
     device = next(model.parameters()).device

@@ -13,42 +13,19 @@ Text comes from the offline MiniLM encoder. Folder layout (``save_pretrained``):
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from diffusers import PixArtTransformer2DModel
 from torch import Tensor
 
-from ..cameras import Cameras, canonical_views, plucker_rays
-from ..gaussians import Gaussians
-from ..splatter import decode_splatter
-from ..sampling import make_scheduler
+from ..cameras import canonical_views, plucker_rays
 from ..text import EMBED_DIM, default_text_encoder
+from .base import Condition, SplatDiffusionModel
 from .multiview import set_multiview_attention
 from .splatter_ae import SplatterAutoencoder
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-base"
 MODEL_INDEX = "model_index.json"
-PREDICTION_TYPES = ("epsilon", "v_prediction")
-
-
-@dataclass
-class Condition:
-    """Text condition: token embeddings [B, L, D] and mask [B, L]."""
-
-    embeds: Tensor
-    mask: Tensor
-
-    def __len__(self) -> int:
-        return self.embeds.shape[0]
-
-    def repeat(self, n: int) -> "Condition":
-        return Condition(self.embeds.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0))
-
-    @staticmethod
-    def cat(items: list["Condition"]) -> "Condition":
-        return Condition(torch.cat([c.embeds for c in items]), torch.cat([c.mask for c in items]))
 
 
 def tiny_transformer(num_layers: int = 8, heads: int = 4, head_dim: int = 32, latent_channels: int = 8, latent_size: int = 16):
@@ -59,63 +36,35 @@ def tiny_transformer(num_layers: int = 8, heads: int = 4, head_dim: int = 32, la
     )
 
 
-class TinySplatModel(torch.nn.Module):
+class TinySplatModel(SplatDiffusionModel):
     """Text -> latents -> splatter images -> Gaussians, with the interface the sampler and trainers use."""
 
     name = "tiny"
 
     def __init__(self, transformer: PixArtTransformer2DModel, autoencoder: SplatterAutoencoder, num_views: int = 4,
                  prediction_type: str = "epsilon", guidance_default: float = 4.5):
-        super().__init__()
-        self.guidance_default = guidance_default
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
-        self.prediction_type = prediction_type
-        self.register_buffer("alphas_cumprod", make_scheduler("ddim").alphas_cumprod.clone(), persistent=False)
+        cameras = canonical_views()
+        if num_views != len(cameras):
+            raise ValueError(f"The tiny model generates {len(cameras)} views, got num_views={num_views}.")
+        size = transformer.config.sample_size
+        super().__init__(cameras, plucker_rays(cameras, size, size), transformer.config.out_channels, size,
+                         prediction_type=prediction_type, guidance_default=guidance_default)
         self.transformer = transformer
         self.autoencoder = autoencoder
-        self.num_views = num_views
         set_multiview_attention(self.transformer, num_views)
-        self.cameras: Cameras = canonical_views()
-        size = transformer.config.sample_size
-        self.register_buffer("plucker", plucker_rays(self.cameras, size, size), persistent=False)
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int, int]:
-        c = self.transformer.config
-        return (self.num_views, c.out_channels, c.sample_size, c.sample_size)
 
     # -- text ---------------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list[str]) -> Condition:
         embeds, mask = default_text_encoder().tokens(prompts)
-        return Condition(embeds.to(self.plucker.device), mask.to(self.plucker.device))
+        return Condition(embeds.to(self.device), mask.to(self.device))
 
     # -- denoiser -----------------------------------------------------------------------------------
-    def eps(self, latents: Tensor, timesteps: Tensor, cond: Condition) -> Tensor:
-        """ε prediction (what every sampler and algorithm uses), whatever the network predicts.
-
-        latents [B, V, C, h, w]; timesteps [B] (or a scalar); cond with B rows.
-        """
-        out = self.network_output(latents, timesteps, cond)
-        if self.prediction_type == "epsilon":
-            return out
-        # v = α ε − σ x0 and x_t = α x0 + σ ε  =>  ε = α v + σ x_t.
-        a, s = self.alpha_sigma(timesteps, latents)
-        return a * out + s * latents
-
-    def alpha_sigma(self, timesteps: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        """α_t = sqrt(ᾱ_t), σ_t = sqrt(1 − ᾱ_t), shaped to broadcast over [B, V, C, h, w]."""
-        t = torch.as_tensor(timesteps, device=like.device).reshape(-1).long()
-        ac = self.alphas_cumprod.to(like)[t].view(-1, 1, 1, 1, 1)
-        return ac.sqrt(), (1 - ac).sqrt()
-
     def network_output(self, latents: Tensor, timesteps: Tensor, cond: Condition) -> Tensor:
         """The transformer's own prediction (ε or v, see ``prediction_type``)."""
         B, V = latents.shape[:2]
-        t = torch.as_tensor(timesteps, device=latents.device).reshape(-1).expand(B)
-        x = torch.cat([latents, self.plucker.to(latents).expand(B, -1, -1, -1, -1)], dim=2).flatten(0, 1)
+        x, t = self.denoiser_input(latents, timesteps)
         out = self.transformer(
-            x, encoder_hidden_states=cond.embeds.to(latents).repeat_interleave(V, 0), timestep=t.repeat_interleave(V),
+            x, encoder_hidden_states=cond.embeds.to(latents).repeat_interleave(V, 0), timestep=t,
             encoder_attention_mask=cond.mask.repeat_interleave(V, 0), added_cond_kwargs={"resolution": None, "aspect_ratio": None},
             return_dict=False,
         )[0]
@@ -123,13 +72,9 @@ class TinySplatModel(torch.nn.Module):
 
     # -- decoding -----------------------------------------------------------------------------------
     def decode(self, latents: Tensor) -> Tensor:
-        """Diffusion latents [B, V, C, h, w] -> splatter maps [B, V, 12, H, W]."""
         B, V = latents.shape[:2]
         maps = self.autoencoder.decode(self.autoencoder.from_diffusion(latents.flatten(0, 1)))
         return maps.reshape(B, V, *maps.shape[1:])
-
-    def to_gaussians(self, maps: Tensor) -> Gaussians:
-        return decode_splatter(maps, self.cameras.to(maps.device))
 
     # -- persistence --------------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path) -> None:
