@@ -163,13 +163,20 @@ def fov_degrees(focal: float = DIFFSPLAT_FOCAL) -> float:
     return math.degrees(2 * math.atan(0.5 / focal))
 
 
-def plucker_rays(cameras: Cameras, height: int, width: int) -> Tensor:
-    """[V, 6, H, W] Plücker coordinates (o x d, d) of each pixel-centre ray, d unit, world frame.
+def plucker_rays(cameras: Cameras, height: int, width: int, *, diffsplat_quirk: bool = False) -> Tensor:
+    """[V, 6, H, W] Plücker coordinates (o x d, d) of each pixel's ray, d unit, world frame.
 
     The diffusion models take them as extra input channels: they tell the network which view it sees.
+    Default: rays through the pixel centres. ``diffsplat_quirk``: DiffSplat's ``plucker_ray(bug=True)``
+    mapping, which its checkpoints were trained with: u = j / (W - 1), x = (u + 0.5 - cx) / fx, so the
+    rays are not centred on the optical axis (research/diffsplat.md §2.4).
     """
-    us = (torch.arange(width, dtype=torch.float32) + 0.5) / width
-    vs = (torch.arange(height, dtype=torch.float32) + 0.5) / height
+    if diffsplat_quirk:
+        us = torch.arange(width, dtype=torch.float32) / (width - 1) + 0.5
+        vs = torch.arange(height, dtype=torch.float32) / (height - 1) + 0.5
+    else:
+        us = (torch.arange(width, dtype=torch.float32) + 0.5) / width
+        vs = (torch.arange(height, dtype=torch.float32) + 0.5) / height
     fx, fy, cx, cy = cameras.intrinsics.float().unbind(-1)
     x = ((us[None, None, :] - cx[:, None, None]) / fx[:, None, None]).expand(-1, height, -1)
     y = ((vs[None, :, None] - cy[:, None, None]) / fy[:, None, None]).expand(-1, -1, width)
@@ -178,3 +185,10 @@ def plucker_rays(cameras: Cameras, height: int, width: int) -> Tensor:
     d = torch.nn.functional.normalize(torch.einsum("vij,vhwj->vhwi", c2w[:, :3, :3], d_cam), dim=-1)
     o = c2w[:, None, None, :3, 3].expand_as(d)
     return torch.cat([torch.linalg.cross(o, d, dim=-1), d], -1).permute(0, 3, 1, 2).contiguous()
+
+
+def diffsplat_plucker(cameras: Cameras, latent_size: int, render_size: int = 256) -> Tensor:
+    """[V, 6, s, s] DiffSplat's conditioning: quirk-mapped Plücker maps at the render size, resized
+    bilinearly (align_corners=False, no antialiasing) to the latent size, as its pipelines do."""
+    full = plucker_rays(cameras, render_size, render_size, diffsplat_quirk=True)
+    return torch.nn.functional.interpolate(full, size=(latent_size, latent_size), mode="bilinear", align_corners=False)

@@ -27,7 +27,7 @@ from .render.projection import ALPHA_MIN
 from .sampling import SCHEDULER_KINDS, Trajectory, sample
 
 MAX_PROMPT_CHARS = 300
-MODELS = ("tiny",)
+MODELS = ("tiny", "diffsplat-pas", "diffsplat-sd15")
 
 
 def validate_prompt(prompt) -> str:
@@ -60,6 +60,8 @@ class GenerationSettings:
     guidance: float | None = None
     scheduler: str = "sde-dpmsolver++"
     model: str = "tiny"
+    weights: str | None = None
+    dtype: str = "fp32"
 
 
 @dataclass
@@ -71,11 +73,22 @@ class Generation:
     seconds: float
 
 
-def load_model(name: str = "tiny", weights: str | Path | None = None):
+def load_model(name: str = "tiny", weights: str | Path | None = None, *, text_encoder: str | Path | None = None,
+               prompt_cache: str | Path | None = None, dtype: str = "fp32", device: str | None = None):
+    """A text-to-3D model by name. ``tiny``: the shipped checkpoint (or ``weights``). ``diffsplat-pas`` /
+    ``diffsplat-sd15``: DiffSplat's released checkpoints in ``weights`` (the download folder), with the
+    text encoder folder or a prompt-embedding cache; ``dtype`` and ``device`` for the denoiser."""
     if name == "tiny":
         from .models.tiny import DEFAULT_CHECKPOINT, TinySplatModel
 
-        return TinySplatModel.from_pretrained(weights or DEFAULT_CHECKPOINT)
+        return TinySplatModel.from_pretrained(weights or DEFAULT_CHECKPOINT).to(device or "cpu")
+    if name in MODELS:
+        from .models.diffsplat import DiffSplatModel
+
+        if weights is None:
+            raise ValueError(f"{name} needs --weights DIR: the folder DiffSplat's checkpoints were downloaded to.")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return DiffSplatModel.from_release(name, weights, text_encoder=text_encoder, prompt_cache=prompt_cache, dtype=dtype, device=device)
     raise ValueError(f"Unknown model {name!r}; available: {', '.join(MODELS)}.")
 
 
@@ -137,7 +150,11 @@ def main(argv=None) -> None:
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: the model's)")
     p.add_argument("--scheduler", choices=SCHEDULER_KINDS, default="sde-dpmsolver++")
     p.add_argument("--model", choices=MODELS, default="tiny")
-    p.add_argument("--weights", help="model folder (default: the shipped checkpoint)")
+    p.add_argument("--weights", help="tiny: model folder (default: the shipped checkpoint); diffsplat-*: DiffSplat's download folder")
+    p.add_argument("--text-encoder", help="diffsplat-*: folder with tokenizer/ and text_encoder/ (T5 for pas, CLIP for sd15)")
+    p.add_argument("--prompt-cache", help="diffsplat-*: prompt embeddings made by `python -m engine.models.diffsplat cache-prompts`")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="diffsplat-*: denoiser precision")
+    p.add_argument("--device", help="cpu or cuda (default: cuda for DiffSplat when available)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--frames", type=int, default=48)
     p.add_argument("--resolution", type=int, default=256)
@@ -146,12 +163,17 @@ def main(argv=None) -> None:
         prompt = validate_prompt(args.prompt)
     except ValueError as err:
         p.error(str(err))
-    if note := prompt_notice(prompt):
+    if args.model == "tiny" and (note := prompt_notice(prompt)):
         print(f"note: {note}")
-    model = load_model(args.model, args.weights)
+    try:
+        model = load_model(args.model, args.weights, text_encoder=args.text_encoder, prompt_cache=args.prompt_cache,
+                           dtype=args.dtype, device=args.device)
+    except (FileNotFoundError, ValueError) as err:
+        p.exit(2, f"error: {err}\n")
     result = generate(model, [prompt], [args.seed], steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
     files = write_asset(result.gaussians[0:1], args.out, frames=args.frames, resolution=args.resolution)
-    settings = GenerationSettings(prompt, args.seed, args.steps, args.guidance or model.guidance_default, args.scheduler, args.model)
+    settings = GenerationSettings(prompt, args.seed, args.steps, args.guidance or model.guidance_default, args.scheduler, args.model,
+                                  args.weights, args.dtype)
     (args.out / "generation.json").write_text(json.dumps(asdict(settings) | {"seconds": round(result.seconds, 3)}, indent=2))
     print(json.dumps({k: str(v) for k, v in files.items()} | {"seconds": round(result.seconds, 3)}))
 
