@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -19,29 +20,86 @@ EXAMPLES = [
 ]
 
 
-def default_guidance() -> float:
-    """The shipped model's recommended CFG scale (its model_index.json), for the slider's start value."""
+@dataclass
+class ModelSources:
+    """Where the studio finds DiffSplat (set from app.py's command line; the tiny model is always there)."""
+
+    diffsplat: Path | None = None  # DiffSplat's download folder
+    text_encoders: dict[str, str] = field(default_factory=dict)  # model name -> tokenizer/ + text_encoder/ folder
+    prompt_caches: dict[str, str] = field(default_factory=dict)  # model name -> prompt-embedding cache
+    dtype: str = "fp32"
+    device: str | None = None
+
+
+SOURCES = ModelSources()
+
+
+def configure(sources: ModelSources) -> None:
+    global SOURCES
+    SOURCES = sources
+    _model.cache_clear()
+
+
+def available_models() -> dict[str, str]:
+    """Model name -> why it can (or cannot) run here; the tiny model always can."""
+    from engine.models.diffsplat import RELEASES, find_text_encoder, locate_release
+
+    out = {"tiny": "shipped"}
+    for name, release in RELEASES.items():
+        if SOURCES.diffsplat is None:
+            out[name] = "not configured (python app.py --diffsplat DIR)"
+            continue
+        try:
+            locate_release(name, SOURCES.diffsplat)
+            if name not in SOURCES.prompt_caches:
+                find_text_encoder(release, SOURCES.text_encoders.get(name))
+            out[name] = "ready"
+        except (FileNotFoundError, ValueError) as err:
+            out[name] = str(err)
+    return out
+
+
+def model_choices() -> list[str]:
+    return [name for name, why in available_models().items() if why in ("shipped", "ready")]
+
+
+def default_guidance(name: str = "tiny") -> float:
+    """A model's recommended CFG scale: the shipped model's model_index.json, DiffSplat's published defaults."""
+    if name != "tiny":
+        from engine.models.diffsplat import RELEASES
+
+        return RELEASES[name].guidance_default
     try:
         return float(json.loads((DEFAULT_CHECKPOINT / "model_index.json").read_text())["guidance_default"])
     except (OSError, KeyError, ValueError):
         return 4.5
 
 
-@functools.lru_cache(maxsize=1)
-def _model():
-    return load_model("tiny")
+@functools.lru_cache(maxsize=1)  # one model in memory at a time: switching frees the previous one
+def _model(name: str = "tiny"):
+    if name == "tiny":
+        return load_model("tiny")
+    return load_model(name, SOURCES.diffsplat, text_encoder=SOURCES.text_encoders.get(name),
+                      prompt_cache=SOURCES.prompt_caches.get(name), dtype=SOURCES.dtype, device=SOURCES.device)
 
 
-def run_generate(prompt, seed, steps, guidance, frames, progress=gr.Progress()):
+def on_model_change(name: str):
+    return gr.update(value=default_guidance(name))
+
+
+def run_generate(prompt, seed, steps, guidance, frames, model_name="tiny", progress=gr.Progress()):
+    model_name = model_name or "tiny"
     try:
         prompt = validate_prompt(prompt)
     except ValueError as err:
         raise gr.Error(str(err)) from err
-    progress(0, desc="Loading the model")
+    if model_name not in model_choices():
+        raise gr.Error(f"The model {model_name!r} is not available here: {available_models().get(model_name, 'unknown model')}")
+    progress(0, desc=f"Loading {model_name}")
     try:
-        model = _model()
-    except FileNotFoundError as err:
-        raise gr.Error(f"The base model is missing: {err}") from err
+        model = _model(model_name)
+    except (FileNotFoundError, ValueError) as err:
+        raise gr.Error(f"The model could not be loaded: {err}") from err
     steps = int(steps)
 
     def on_step(i, n):
@@ -54,8 +112,9 @@ def run_generate(prompt, seed, steps, guidance, frames, progress=gr.Progress()):
         progress(0.55 + 0.4 * done / total, desc=f"Turntable frame {done}/{total}")
 
     files = write_asset(result.gaussians[0:1], out_dir, frames=int(frames), progress=on_frame)
-    info = f"**{prompt}** (seed {int(seed)}): sampled in {result.seconds:.2f} s, {steps} steps, guidance {float(guidance):g}."
-    if note := prompt_notice(prompt):
+    info = (f"**{prompt}** (seed {int(seed)}, {model_name}): sampled in {result.seconds:.2f} s, {steps} steps, "
+            f"guidance {float(guidance):g}.")
+    if model_name == "tiny" and (note := prompt_notice(prompt)):
         info += f"\n\n⚠️ {note}"
     ply = str(files["ply"])
     return ply, str(files["turntable"]), str(files["views"]), str(files["normals"]), ply, info

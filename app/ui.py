@@ -21,6 +21,9 @@ def build_demo() -> gr.Blocks:
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column(scale=1):
+                    choices = generate.model_choices()
+                    g_model_name = gr.Dropdown(choices, value="tiny", label="Model", visible=len(choices) > 1,
+                                               info="DiffSplat variants appear when their weights are found (python app.py --diffsplat DIR)")
                     prompt = gr.Textbox(label="Prompt", placeholder="a red mushroom with a white stem", max_lines=2)
                     seed = gr.Number(value=0, precision=0, label="Seed")
                     steps = gr.Slider(4, 50, value=20, step=1, label="Denoising steps")
@@ -37,7 +40,8 @@ def build_demo() -> gr.Blocks:
                     g_views = gr.Image(label="4 views (azimuth 0 / 90 / 180 / 270)", type="filepath")
                     g_normals = gr.Image(label="Normal maps", type="filepath")
                     g_model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1))
-            g_inputs = [prompt, seed, steps, guidance, g_frames]
+            g_inputs = [prompt, seed, steps, guidance, g_frames, g_model_name]
+            g_model_name.change(generate.on_model_change, g_model_name, guidance)
             g_outputs = [g_model, g_video, g_views, g_normals, g_file, g_info]
             g_job = g_run.click(generate.run_generate, g_inputs, g_outputs, api_name="generate", concurrency_limit=1)
             g_submit = prompt.submit(generate.run_generate, g_inputs, g_outputs, concurrency_limit=1)

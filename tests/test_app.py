@@ -86,3 +86,42 @@ def test_generate_tab_rejects_bad_prompts(client, prompt, message):
 def test_generate_tab_warns_outside_the_world(client):
     *_, info = client.predict("a teapot", 0, 4, 4.5, 12, api_name="/generate")
     assert "knows 24 object kinds" in info
+
+
+@pytest.fixture(scope="module")
+def diffsplat_client(tmp_path_factory):
+    """The studio started with a (tiny, random) DiffSplat download folder, as `python app.py --diffsplat DIR`."""
+    from gradio_client import Client
+
+    from app import generate
+    from app.ui import build_demo
+    from tests.diffsplat_fixtures import make_pas_release, make_text_encoder
+
+    root = tmp_path_factory.mktemp("diffsplat")
+    make_pas_release(root)
+    make_text_encoder(root / "t5", "t5")
+    generate.configure(generate.ModelSources(root, {"diffsplat-pas": str(root / "t5")}, device="cpu"))
+    demo = build_demo().queue()
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+        generate.configure(generate.ModelSources())
+
+
+def test_generate_tab_offers_found_diffsplat_models(diffsplat_client):
+    from app import generate
+
+    found = generate.available_models()
+    assert found["tiny"] == "shipped" and found["diffsplat-pas"] == "ready"
+    assert "gsdiff_gobj83k_sd15__render" in found["diffsplat-sd15"]  # says what is missing
+    assert generate.model_choices() == ["tiny", "diffsplat-pas"]
+    assert generate.default_guidance("diffsplat-pas") == 4.5
+    model, video, views, normals, ply, info = diffsplat_client.predict("a red chair", 0, 4, 4.5, 12, "diffsplat-pas", api_name="/generate")
+    assert "diffsplat-pas" in info and ply.endswith(".ply")
+    with pytest.raises(Exception, match="not in the list of choices"):
+        diffsplat_client.predict("a red chair", 0, 4, 4.5, 12, "diffsplat-sd15", api_name="/generate")
+    with pytest.raises(Exception, match="not available here.*gsdiff_gobj83k_sd15"):
+        generate.run_generate("a red chair", 0, 4, 4.5, 12, "diffsplat-sd15")
