@@ -185,23 +185,28 @@ def unet_config(raw: dict) -> dict:
     return cfg
 
 
-def load_denoiser(name: str, folder: Path, dtype: torch.dtype = torch.float32):
-    """The transformer (PixArt) or UNet (SD1.5) of a release folder, checked against its config first."""
+def prepare_denoiser(name: str, folder: Path):
+    """Check a release's transformer (PixArt) or UNet (SD1.5) against its config without loading it;
+    returns ``load(dtype)``."""
     raw = _read_config(folder)
     cls, cfg = (PixArtTransformer2DModel, pixart_config(raw)) if name == "diffsplat-pas" else (UNet2DConditionModel, unet_config(raw))
     weights = folder / "diffusion_pytorch_model.safetensors"
-    expected = _expected_shapes(lambda: cls.from_config(cfg))
-    check_tensors(expected, safetensors_header(weights), str(weights))
-    model = cls.from_config(cfg)
-    model.load_state_dict(_load_tensors(weights), strict=True)
-    if dtype != torch.float32:
-        model = model.to(dtype)
-    return model.eval().requires_grad_(False)
+    check_tensors(_expected_shapes(lambda: cls.from_config(cfg)), safetensors_header(weights), str(weights))
+
+    def load(dtype: torch.dtype = torch.float32):
+        model = cls.from_config(cfg)
+        model.load_state_dict(_load_tensors(weights), strict=True)
+        if dtype != torch.float32:
+            model = model.to(dtype)
+        return model.eval().requires_grad_(False)
+
+    return load
 
 
-def load_gsvae(path: Path) -> AutoencoderKL:
-    """The GSVAE's AutoencoderKL from DiffSplat's whole-module dump (keys ``vae.*``; ``tiny_decoder.*``,
-    used only in DiffSplat's training, is ignored). The decoder and post-quant conv must be complete."""
+def prepare_gsvae(path: Path):
+    """Check the GSVAE in DiffSplat's whole-module dump (keys ``vae.*``; ``tiny_decoder.*``, used only in
+    DiffSplat's training, is ignored): decoder and post-quant conv complete, any encoder keys right.
+    Returns ``load()`` giving the fp32 AutoencoderKL."""
     override = path.parent / "config.json"
     cfg = {**GSVAE_CONFIG, **({k: v for k, v in _read_config(path.parent).items() if not k.startswith("_")} if override.exists() else {})}
     header = safetensors_header(path)
@@ -212,12 +217,27 @@ def load_gsvae(path: Path) -> AutoencoderKL:
     check_tensors(needed, present, f"{path} (vae.decoder.* / vae.post_quant_conv.*)")
     optional = {k: s for k, s in expected.items() if k not in needed and k in vae_keys}
     check_tensors(optional, {k: vae_keys[k] for k in optional}, f"{path} (vae.encoder.*)")
-    vae = AutoencoderKL(**cfg)
-    vae.load_state_dict(_load_tensors(path, ["vae." + k for k in {**needed, **optional}], strip="vae."), strict=False)
-    return vae.float().eval().requires_grad_(False)
+
+    def load() -> AutoencoderKL:
+        vae = AutoencoderKL(**cfg)
+        vae.load_state_dict(_load_tensors(path, ["vae." + k for k in {**needed, **optional}], strip="vae."), strict=False)
+        return vae.float().eval().requires_grad_(False)
+
+    return load
 
 
 # ------------------------------------------------------------------------------------------------ text
+
+def text_encoder_dirs(folder: str | Path) -> tuple[Path, Path]:
+    """(tokenizer folder, encoder folder) of a pipeline folder or a single model folder, checked to exist."""
+    folder = Path(folder).expanduser()
+    tok_dir = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
+    enc_dir = folder / "text_encoder" if (folder / "text_encoder").is_dir() else folder
+    if not (enc_dir / "config.json").is_file():
+        raise FileNotFoundError(f"No text encoder at {folder}: expected text_encoder/config.json + weights (and tokenizer/), "
+                                f"or a folder with config.json, weights and tokenizer files.")
+    return tok_dir, enc_dir
+
 
 class HFTextEncoder:
     """T5 (PixArt) or CLIP (SD1.5) prompt embeddings from a local folder, padded to ``max_tokens``.
@@ -228,12 +248,7 @@ class HFTextEncoder:
     def __init__(self, folder: str | Path, kind: str, max_tokens: int, dtype: torch.dtype = torch.float32, device="cpu"):
         from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
 
-        folder = Path(folder).expanduser()
-        tok_dir = folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder
-        enc_dir = folder / "text_encoder" if (folder / "text_encoder").is_dir() else folder
-        if not (enc_dir / "config.json").is_file():
-            raise FileNotFoundError(f"No text encoder at {folder}: expected text_encoder/config.json + weights (and tokenizer/), "
-                                    f"or a folder with config.json, weights and tokenizer files.")
+        tok_dir, enc_dir = text_encoder_dirs(folder)
         self.kind, self.max_tokens = kind, max_tokens
         self.tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
         cls = T5EncoderModel if kind == "t5" else CLIPTextModel
@@ -297,6 +312,7 @@ def cache_prompts(encoder, prompts: list[str], path: str | Path, model: str = ""
 
 def find_text_encoder(release: Release, text_encoder: str | Path | None) -> Path:
     if text_encoder is not None:
+        text_encoder_dirs(text_encoder)
         return Path(text_encoder)
     from huggingface_hub import snapshot_download
 
@@ -337,10 +353,10 @@ class DiffSplatModel(SplatDiffusionModel):
             dtype = DTYPES[dtype]
         release = RELEASES[name]
         denoiser_dir, gsvae_path = locate_release(name, weights)
-        # check everything cheap first: files, configs and tensor headers, then the text encoder's folder
+        # everything cheap first (files, configs, tensor headers, the text encoder's folder), then the loading
+        load_denoiser, load_gsvae = prepare_denoiser(name, denoiser_dir), prepare_gsvae(gsvae_path)
         text_dir = None if prompt_cache is not None else find_text_encoder(release, text_encoder)
-        denoiser = load_denoiser(name, denoiser_dir, dtype)
-        gsvae = load_gsvae(gsvae_path)
+        denoiser, gsvae = load_denoiser(dtype), load_gsvae()
         text = PromptCache(prompt_cache) if prompt_cache is not None else HFTextEncoder(text_dir, release.text_kind, release.max_tokens, device=device)
         return cls(release, denoiser, gsvae, text).to(device)
 
