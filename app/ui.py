@@ -10,7 +10,8 @@ TITLE = "R2D3 Studio"
 INTRO = (
     "Reward alignment of 3D-native diffusion models with 2D rewards. "
     "**Generate** turns a prompt into a 3D Gaussian splat with the embedded base model (trained here on a "
-    "procedural world of 24 object kinds in 12 colours; it runs on a CPU). **Viewer** inspects any 3DGS "
+    "procedural world of 24 object kinds in 12 colours; it runs on a CPU), or with DiffSplat's released models "
+    "when the studio is started with their weights. **Viewer** inspects any 3DGS "
     "`.ply` / `.splat` file."
 )
 
