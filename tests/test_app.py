@@ -1,5 +1,6 @@
 """The studio page through gradio_client, as a browser user would drive it."""
 
+import contextlib
 import socket
 
 import pytest
@@ -14,8 +15,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def client():
+@contextlib.contextmanager
+def _serve():
+    """The studio on a free local port, and a gradio_client for it."""
     from gradio_client import Client
 
     from app.ui import build_demo
@@ -27,6 +29,12 @@ def client():
         yield Client(f"http://127.0.0.1:{port}/", verbose=False)
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def client():
+    with _serve() as c:
+        yield c
 
 
 def test_render_example_returns_previews_and_downloads(client):
@@ -91,23 +99,17 @@ def test_generate_tab_warns_outside_the_world(client):
 @pytest.fixture(scope="module")
 def diffsplat_client(tmp_path_factory):
     """The studio started with a (tiny, random) DiffSplat download folder, as `python app.py --diffsplat DIR`."""
-    from gradio_client import Client
-
     from app import generate
-    from app.ui import build_demo
     from tests.diffsplat_fixtures import make_pas_release, make_text_encoder
 
     root = tmp_path_factory.mktemp("diffsplat")
     make_pas_release(root)
     make_text_encoder(root / "t5", "t5")
     generate.configure(generate.ModelSources(root, {"diffsplat-pas": str(root / "t5")}, device="cpu"))
-    demo = build_demo().queue()
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with _serve() as c:
+            yield c
     finally:
-        demo.close()
         generate.configure(generate.ModelSources())
 
 
