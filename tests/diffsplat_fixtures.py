@@ -20,16 +20,33 @@ EMA_KEYS = {"decay": 0.9999, "min_decay": 0.0, "optimization_step": 13020, "upda
             "inv_gamma": 1.0, "power": 0.75}
 
 
-def _tokenizer(folder: Path, max_len: int, kind: str) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+def _tokenizer(folder: Path, max_len: int, kind: str) -> int:
+    """T5: a real sentencepiece model with the tokenizer_config PixArt's T5 folder has; CLIP: a word-level
+    fast tokenizer. Returns the vocabulary size."""
+    from transformers import AutoTokenizer
 
-    specials = ["<pad>", "</s>", "<unk>"] if kind == "t5" else ["<|endoftext|>", "<|startoftext|>", "<unk>"]
-    vocab = {t: i for i, t in enumerate(specials + WORDS)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    pad = specials[0]
-    PreTrainedTokenizerFast(tokenizer_object=tk, pad_token=pad, unk_token="<unk>", model_max_length=max_len).save_pretrained(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "t5":
+        import sentencepiece as spm
+
+        corpus = folder.parent / "corpus.txt"
+        corpus.write_text("\n".join(["a red chair", "a blue car with yellow wheels", "a toy robot", "a red mushroom with a white stem"] * 50))
+        spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "spiece"), vocab_size=28, model_type="unigram",
+                                       pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+        corpus.unlink()
+        (folder / "spiece.vocab").unlink()
+        (folder / "tokenizer_config.json").write_text(json.dumps({
+            "tokenizer_class": "T5Tokenizer", "model_max_length": max_len, "extra_ids": 0,
+            "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}))
+    else:
+        from tokenizers import Tokenizer, models, pre_tokenizers
+        from transformers import PreTrainedTokenizerFast
+
+        vocab = {t: i for i, t in enumerate(["<|endoftext|>", "<|startoftext|>", "<unk>"] + WORDS)}
+        tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+        tk.pre_tokenizer = pre_tokenizers.Whitespace()
+        PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<|endoftext|>", unk_token="<unk>", model_max_length=max_len).save_pretrained(folder)
+    return len(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
 
 
 def make_text_encoder(folder: Path, kind: str, width: int = 16) -> Path:
@@ -37,14 +54,13 @@ def make_text_encoder(folder: Path, kind: str, width: int = 16) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(1)
-    vocab = 3 + len(WORDS)
+    vocab = _tokenizer(folder / "tokenizer", 300 if kind == "t5" else 77, kind)
     if kind == "t5":
         model = T5EncoderModel(T5Config(vocab_size=vocab, d_model=width, d_kv=8, d_ff=32, num_layers=1, num_heads=2))
     else:
         model = CLIPTextModel(CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=32, num_hidden_layers=1,
                                              num_attention_heads=2, max_position_embeddings=77, eos_token_id=0, bos_token_id=1))
     model.save_pretrained(folder / "text_encoder")
-    _tokenizer(folder / "tokenizer", 300 if kind == "t5" else 77, kind)
     return folder
 
 

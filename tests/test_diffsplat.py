@@ -99,7 +99,7 @@ def test_pas_matches_its_parts(pas, release):
     torch.manual_seed(0)
     x = torch.randn(1, 4, 4, 8, 8)
     cond = pas.encode_prompts(["a blue car"])
-    assert cond.embeds.shape == (1, 300, 16) and cond.mask.sum() == 3  # 3 words, padded to 300 tokens
+    assert cond.embeds.shape == (1, 300, 16) and 3 < cond.mask.sum() < 20 and cond.mask[0, -1] == 0  # padded to 300 tokens
     eps = pas.eps(x, torch.tensor([500]), cond)
     out = pas.network_output(x, torch.tensor([500]), cond)
     assert out.shape == (1, 4, 8, 8, 8) and torch.equal(eps, out[:, :, :4])
