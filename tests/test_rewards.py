@@ -160,7 +160,7 @@ def test_alignment_gradient_and_cache(mushroom):
     reward.evaluator.double()
     images = mushroom.flatten().rgb[:2]
     _check_gradient(lambda x: reward(x, ["a red mushroom", "a blue cup"]), images)
-    assert set(reward._text_cache) == {"a red mushroom", "a blue cup"}
+    assert set(reward._prompts.cache) == {"a red mushroom", "a blue cup"}
     with pytest.raises(ValueError, match="needs prompts"):
         reward(images)
     with pytest.raises(FileNotFoundError, match="No evaluator"):

@@ -115,6 +115,21 @@ class Reward(nn.Module):
         raise NotImplementedError
 
 
+class PromptEmbeddings:
+    """Prompt embeddings computed once per distinct prompt (prompts repeat across views and steps)."""
+
+    def __init__(self, encode):
+        self.encode = encode  # list of new prompts -> [n, D] embeddings
+        self.cache: dict[str, Tensor] = {}
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[str], like: Tensor) -> Tensor:
+        new = [p for p in dict.fromkeys(prompts) if p not in self.cache]
+        if new:
+            self.cache.update(zip(new, self.encode(new)))
+        return torch.stack([self.cache[p] for p in prompts]).to(like)
+
+
 def normalise(reward: Reward | RewardInfo, scores: Tensor, value_range: tuple[float, float] | None = None) -> Tensor:
     """Map scores affinely so that the usual range becomes [0, 1] and higher is better."""
     lo, hi = value_range or reward.value_range

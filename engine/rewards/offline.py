@@ -10,7 +10,7 @@ from torch import Tensor
 from ..evaluator import DEFAULT_EVALUATOR, Evaluator, load_evaluator
 from ..metrics import depth_normal_consistency
 from ..text import default_text_encoder
-from .base import Reward, RewardInputs
+from .base import PromptEmbeddings, Reward, RewardInputs
 
 
 class GeometryReward(Reward):
@@ -86,7 +86,8 @@ class AlignmentReward(Reward):
             evaluator = load_evaluator(evaluator or DEFAULT_EVALUATOR)
         self.evaluator = evaluator
         self.freeze()
-        self._text_cache: dict[str, Tensor] = {}
+        self._prompts = PromptEmbeddings(
+            lambda new: self.evaluator.text_embeds(default_text_encoder().pooled(new).to(next(self.evaluator.parameters()))))
 
     @staticmethod
     def available(path: str | Path | None = None) -> tuple[bool, str]:
@@ -95,15 +96,8 @@ class AlignmentReward(Reward):
             return True, f"evaluator at {path}"
         return False, f"no evaluator at {path}: train one with `python -m engine.train_base` or give its folder"
 
-    @torch.no_grad()
     def text_embeds(self, prompts: list[str]) -> Tensor:
-        param = next(self.evaluator.parameters())
-        new = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if new:
-            pooled = default_text_encoder().pooled(new)
-            for prompt, e in zip(new, self.evaluator.text_embeds(pooled.to(param))):
-                self._text_cache[prompt] = e
-        return torch.stack([self._text_cache[p] for p in prompts]).to(param)
+        return self._prompts(prompts, next(self.evaluator.parameters()))
 
     def score(self, inputs: RewardInputs) -> Tensor:
         txt = self.text_embeds(inputs.prompts)

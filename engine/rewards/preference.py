@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from .base import Reward, RewardInputs
+from .base import PromptEmbeddings, Reward, RewardInputs
 from .openclip import (ClipConfig, ClipTokenizer, OpenClip, check_state_dict, get_config, load_open_clip, open_clip_vocab,
                        preprocess, read_open_clip_config, read_state_dict)
 
@@ -105,7 +105,8 @@ class ClipScoreReward(Reward):
                              f"model ({model.config.vocab_size}, {model.config.context_length}).")
         self.model, self.tokenizer = model, tokenizer
         self.freeze()
-        self._text_cache: dict[str, Tensor] = {}
+        self._prompts = PromptEmbeddings(
+            lambda new: self.model.encode_text(self.tokenizer(new).to(self.model.text_projection.device)))
 
     @classmethod
     def locate(cls, weights: str | Path | None = None, model_name: str | None = None) -> Path:
@@ -135,14 +136,8 @@ class ClipScoreReward(Reward):
         tok = ClipTokenizer.from_file(find_tokenizer(tokenizer, path.parent), config.context_length)
         return cls(load_open_clip(path, config), tok)
 
-    @torch.no_grad()
     def text_embeds(self, prompts: list[str]) -> Tensor:
-        param = self.model.text_projection
-        new = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
-        if new:
-            for p, e in zip(new, self.model.encode_text(self.tokenizer(new).to(param.device))):
-                self._text_cache[p] = e
-        return torch.stack([self._text_cache[p] for p in prompts]).to(param)
+        return self._prompts(prompts, self.model.text_projection)
 
     def image_embeds(self, images: Tensor) -> Tensor:
         pixels = preprocess(images, self.model.config.image_size, self.fit)
@@ -212,16 +207,21 @@ class AestheticReward(Reward):
     @classmethod
     def available(cls, weights: str | Path | None = None, head: str | Path | None = None) -> tuple[bool, str]:
         try:
-            return True, f"{cls.clip_file.find(weights)} + {cls.head_file.find(head or weights)}"
+            return True, f"{cls.clip_file.find(weights)} + {cls._find_head(weights, head)}"
         except MissingWeights as e:
             return False, str(e)
+
+    @classmethod
+    def _find_head(cls, weights, head) -> Path:
+        """The head file: ``head`` if given, else looked for in the CLIP weights' folder."""
+        return cls.head_file.find(head or (weights if weights is not None and Path(weights).is_dir() else None))
 
     @classmethod
     def from_weights(cls, weights: str | Path | None = None, head: str | Path | None = None,
                      model_name: str | None = None) -> "AestheticReward":
         """``weights``: the CLIP file or a folder; ``head``: the MLP file or folder (default: the CLIP folder)."""
         path = cls.clip_file.find(weights)
-        head_path = cls.head_file.find(head or (weights if weights is not None and Path(weights).is_dir() else None))
+        head_path = cls._find_head(weights, head)
         config = _config_for(path, model_name or cls.default_model)
         mlp = AestheticHead(config.embed_dim)
         sd = check_state_dict(mlp, read_state_dict(head_path), str(head_path))
