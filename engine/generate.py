@@ -62,6 +62,7 @@ class GenerationSettings:
     model: str = "tiny"
     weights: str | None = None
     dtype: str = "fp32"
+    lora: str | None = None  # adapter folder (python -m engine.generate --lora DIR)
 
 
 @dataclass
@@ -155,6 +156,7 @@ def main(argv=None) -> None:
     p.add_argument("--prompt-cache", help="diffsplat-*: prompt embeddings made by `python -m engine.models.diffsplat cache-prompts`")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32", help="diffsplat-*: denoiser precision")
     p.add_argument("--device", help="cpu or cuda (default: cuda for DiffSplat when available)")
+    p.add_argument("--lora", help="a LoRA adapter folder (adapter_config.json + adapter_model.safetensors) made for this base model")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--frames", type=int, default=48)
     p.add_argument("--resolution", type=int, default=256)
@@ -168,12 +170,16 @@ def main(argv=None) -> None:
     try:
         model = load_model(args.model, args.weights, text_encoder=args.text_encoder, prompt_cache=args.prompt_cache,
                            dtype=args.dtype, device=args.device)
+        if args.lora:
+            from .align.lora import load_adapter
+
+            load_adapter(model, args.lora)
     except (FileNotFoundError, ValueError) as err:
         p.exit(2, f"error: {err}\n")
     result = generate(model, [prompt], [args.seed], steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
     files = write_asset(result.gaussians[0:1], args.out, frames=args.frames, resolution=args.resolution)
     settings = GenerationSettings(prompt, args.seed, args.steps, args.guidance or model.guidance_default, args.scheduler, args.model,
-                                  args.weights, args.dtype)
+                                  args.weights, args.dtype, lora=args.lora)
     (args.out / "generation.json").write_text(json.dumps(asdict(settings) | {"seconds": round(result.seconds, 3)}, indent=2))
     print(json.dumps({k: str(v) for k, v in files.items()} | {"seconds": round(result.seconds, 3)}))
 
