@@ -6,8 +6,8 @@ Speed rows (``reward``, ``images``, ``resolution``, ``forward_s``, ``backward_s`
 renders (4 world objects x 4 views, ground-truth splats rendered by the engine) at 128x128, median
 of the repeats after 2 warm-up runs; backward goes to the images and maps. ``alignment`` runs with
 its prompt cache warm (as in training, where prompts repeat); a second row times it cold.
-``--real`` adds the real rewards at full size with random weights (speed only: no weights here),
-on 4 renders at 256 px.
+``--real`` adds the real rewards (open_clip's models) at full size with random weights (speed only:
+no weights here), on 4 renders at 256 px.
 
 Sanity rows: ``geometry`` on every category's ground-truth splats against the same splats with
 jittered rotations; ``alignment`` ranking on exact ray-cast renders of the 24 held-out category-colour
@@ -37,7 +37,6 @@ from engine.gaussians import Gaussians  # noqa: E402
 from engine.render import RenderOutput, render  # noqa: E402
 from engine.rewards import (AestheticReward, AlignmentReward, ClipScoreReward, ColorfulnessReward, GeometryReward,  # noqa: E402
                             HPSv2Reward, RewardInputs, flatten_renders, score_assets)
-from engine.rewards.openclip import ClipTokenizer, OpenClip, get_config  # noqa: E402
 from engine.rewards.preference import AestheticHead  # noqa: E402
 from engine.splatter import decode_splatter  # noqa: E402
 
@@ -82,14 +81,14 @@ def speed_row(name: str, reward, inputs: RewardInputs, repeats: int, **extra) ->
 
 
 def random_real_rewards() -> list:
-    """Full-size real rewards with random weights (no weights on this machine): speed only."""
-    tok = ClipTokenizer([("r", "e")])  # a stand-in vocabulary; padded to the real embedding size below
-    tok.vocab_size = 49408
+    """Full-size real rewards on open_clip's models with random weights (no weights on this machine): speed only."""
+    import open_clip
+
     out = []
     for cls, model in ((ClipScoreReward, "ViT-B-32"), (HPSv2Reward, "ViT-H-14")):
-        out.append((cls.name, cls(OpenClip(get_config(model)), tok), model))
-    cfg = get_config("ViT-L-14-quickgelu")
-    out.append(("aesthetic", AestheticReward(OpenClip(cfg, text=False), AestheticHead(cfg.embed_dim)), "ViT-L-14"))
+        out.append((cls.name, cls(open_clip.create_model(model), open_clip.get_tokenizer(model)), model))
+    visual = open_clip.create_model("ViT-L-14-quickgelu").visual
+    out.append(("aesthetic", AestheticReward(visual, AestheticHead(visual.output_dim)), "ViT-L-14"))
     return out
 
 

@@ -1,12 +1,15 @@
 """Rewards: the interface, the offline rewards, the real ones on tiny random open_clip models, ensembles."""
 
-import importlib.util
 import json
 import math
 import random
+import socket
 
+import open_clip
 import pytest
 import torch
+from PIL import Image
+from safetensors.torch import save_file
 
 from engine.cameras import canonical_views
 from engine.data.primitives import Scene
@@ -18,7 +21,7 @@ from engine.rewards import (REWARDS, AestheticReward, AlignmentReward, ClipScore
                             GeometryReward, HPSv2Reward, MissingWeights, Reward, RewardInputs, build_ensemble, build_reward,
                             list_rewards, parse_ensemble, score_assets)
 from engine.rewards.__main__ import main as rewards_cli
-from engine.rewards.openclip import ClipConfig, ClipTokenizer, OpenClip, load_open_clip, preprocess
+from engine.rewards.openclip import load_clip, model_source, preprocess
 from engine.rewards.preference import AestheticHead
 from engine.splatter import decode_splatter
 
@@ -235,122 +238,134 @@ def test_ensemble_specs():
     assert s.shape == (1,) and torch.isfinite(s).all()
 
 
-# ------------------------------------------------------------------- real rewards on tiny random models
+# ---------------------------------------------------- real rewards: open_clip models saved in the released layouts
 
-TINY = ClipConfig(embed_dim=16, image_size=32, patch_size=8, vision_width=32, vision_layers=2, vision_head_width=16,
-                  text_width=32, text_heads=4, text_layers=2, context_length=16, vocab_size=512 + 4 + 2)
-MERGES = [("r", "e"), ("c", "h"), ("ch", "a"), ("e", "d</w>")]
+# a tiny open_clip CLIP with open_clip's real tokenizer (49408 tokens), in the config file open_clip's repositories ship
+TINY = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8},
+        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2}}
+# where each reward's files are released: HPSv2's {"state_dict": fp16 tensors} pickle, the laion CLIPs' safetensors,
+# the OpenAI ViT-L-14 as open_clip's .bin beside LAION's aesthetic head
+RELEASED = {"hpsv2": "HPS_v2.1_compressed.pt", "clip": "open_clip_model.safetensors", "aesthetic": "open_clip_pytorch_model.bin"}
+AESTHETIC_HEAD = "sac+logos+ava1-l14-linearMSE.pth"
 
 
-def _tiny_folder(path, filename, text=True, save="pickle"):
-    """A random tiny open_clip model saved as its checkpoint would be, with config and merges beside it."""
+def _tiny_folder(path, name: str) -> None:
+    """A random tiny open_clip CLIP saved as reward ``name``'s weights are released, with its config beside it."""
     path.mkdir(parents=True, exist_ok=True)
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY}))
     torch.manual_seed(0)
-    model = OpenClip(TINY, text=text)
-    sd = model.state_dict()
-    if save == "pickle":
-        torch.save({"state_dict": {"module." + k: v.half() for k, v in sd.items()}, "epoch": 3}, path / filename)
+    sd = open_clip.create_model(f"local-dir:{path}", load_weights=False).state_dict()
+    if name == "hpsv2":
+        torch.save({"state_dict": {k: v.half() for k, v in sd.items()}, "epoch": 3}, path / RELEASED[name])
+    elif name == "clip":
+        save_file(sd, str(path / RELEASED[name]))
     else:
-        from safetensors.torch import save_file
-
-        save_file(sd, str(path / filename))
-    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY.to_open_clip()}))
-    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in MERGES) + "\n")
-    return model
+        torch.save(sd, path / RELEASED[name])
+        torch.save(AestheticHead(TINY["embed_dim"]).state_dict(), path / AESTHETIC_HEAD)
 
 
-def test_tokenizer_format():
-    tok = ClipTokenizer(MERGES, context_length=16)
-    ids = tok(["A  RED chair!", "red " * 40])
-    assert ids.shape == (2, 16) and tok.vocab_size == TINY.vocab_size
-    sot, eot = tok.sot, tok.eot
-    first = ids[0].tolist()
-    assert first[0] == sot and first.index(eot) == len(tok.encode("a red chair!")) + 1 and first[-1] == 0
-    assert tok.encode("red") == [tok.encoder["re"], tok.encoder["d</w>"]] and tok.encode("a") == [tok.encoder["a</w>"]]
-    assert tok.encode("chair") == [tok.encoder["cha"], tok.encoder["i"], tok.encoder["r</w>"]]
-    assert ids[1, -1] == eot and (ids[1] != 0).all()  # truncated, still closed by end-of-text
+def _open_clips_own(path, name: str):
+    """The reference: the model as open_clip loads the folder itself, or as HPSv2's own code loads its file."""
+    if name == "hpsv2":  # hpsv2.img_score: create the model, then load_state_dict(torch.load(cp)["state_dict"])
+        model = open_clip.create_model(f"local-dir:{path}", load_weights=False)
+        model.load_state_dict(torch.load(path / RELEASED[name], weights_only=True)["state_dict"])
+        return model.eval()
+    return open_clip.create_model(f"local-dir:{path}").eval()
 
 
-def test_preprocess_fits():
-    x = torch.rand(2, 3, 40, 60)
-    for fit in ("crop", "pad", "stretch"):
-        assert preprocess(x, 32, fit).shape == (2, 3, 32, 32)
-    padded = preprocess(torch.ones(1, 3, 20, 40), 32, "pad", mean=(0, 0, 0), std=(1, 1, 1))
-    assert padded[0, :, :8].abs().max() == 0 and padded[0, :, 8:24].min() > 0.99
-    assert preprocess(x.half(), 32).dtype == torch.float32
-
-
-def test_hpsv2_loads_released_layout(tmp_path):
-    model = _tiny_folder(tmp_path / "hps", "HPS_v2.1_compressed.pt")
-    reward = build_reward("hpsv2", weights=tmp_path / "hps")
-    assert isinstance(reward, HPSv2Reward) and reward.model.visual.proj.dtype == torch.float32
-    assert not any(p.requires_grad for p in reward.parameters())
-    images = torch.rand(3, 3, 64, 64, requires_grad=True)
-    s = reward(images, ["a red chair", "a red chair", "a cat"])
-    assert s.shape == (3,) and s.abs().max() <= 1 + 1e-5
-    s.sum().backward()
+@pytest.mark.parametrize("name", ["hpsv2", "clip", "aesthetic"])
+def test_scores_equal_open_clips_own(tmp_path, name):
+    _tiny_folder(tmp_path, name)
+    reward = build_reward(name, weights=tmp_path)
+    ref = _open_clips_own(tmp_path, name)
+    images = torch.rand(3, 3, 48, 40)
+    prompts = ["a red chair", "An astronaut riding a horse, 4k!!", "x" * 100]  # the last one is truncated
+    fit = {"hpsv2": "pad", "clip": "crop", "aesthetic": "stretch"}[name]
+    with torch.no_grad():
+        embeds = ref.encode_image(preprocess(images, 32, fit, antialias=name != "aesthetic"), normalize=True)
+        if name == "aesthetic":
+            head = AestheticHead(TINY["embed_dim"])
+            head.load_state_dict(torch.load(tmp_path / AESTHETIC_HEAD, weights_only=True))
+            expected = head.eval()(embeds)[:, 0]
+        else:
+            tokens = open_clip.get_tokenizer(f"local-dir:{tmp_path}")(prompts)
+            expected = (embeds * ref.encode_text(tokens, normalize=True)).sum(-1)
+        assert torch.allclose(reward(images, prompts), expected, atol=1e-6)
+    # fp32 and frozen whatever the file stored; gradients reach the images
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in reward.parameters())
+    images.requires_grad_()
+    reward(images, prompts).sum().backward()
     assert images.grad.abs().sum() > 0
-    # same numbers as the model it was saved from (fp16 storage aside)
-    with torch.no_grad():
-        ref = model.half().float().encode_image(preprocess(images, 32, "pad"))
-        assert torch.allclose(reward.image_embeds(images), ref, atol=1e-5)
-    with pytest.raises(MissingWeights, match="HPS_v2_compressed.pt"):
-        build_reward("hpsv2", weights=tmp_path / "hps", version="v2.0")
+    if name == "aesthetic":  # only the image tower is loaded
+        assert not any(k.startswith(("token_embedding", "transformer.")) for k in reward.state_dict())
 
 
-def test_clip_and_aesthetic_load(tmp_path):
-    _tiny_folder(tmp_path / "clip", "open_clip_model.safetensors", save="safetensors")
-    clip = ClipScoreReward.from_weights(tmp_path / "clip")
-    images = torch.rand(2, 3, 48, 40)
-    assert clip(images, ["a red chair", "a cup"]).shape == (2,)
-    ok, detail = ClipScoreReward.available(tmp_path / "clip")
-    assert ok and "merges.txt" in detail
-
-    _tiny_folder(tmp_path / "aes", "open_clip_pytorch_model.bin", text=False)
-    head = AestheticHead(TINY.embed_dim).eval()
-    torch.save(head.state_dict(), tmp_path / "aes" / "sac+logos+ava1-l14-linearMSE.pth")
-    aes = build_reward("aesthetic", weights=tmp_path / "aes")
-    assert isinstance(aes, AestheticReward) and not aes.model.has_text
-    assert aes(images).shape == (2,)
-    with torch.no_grad():
-        emb = aes.model.encode_image(preprocess(images, 32, "stretch", antialias=False))
-        assert torch.allclose(aes(images), head(emb)[:, 0], atol=1e-6)
+def test_preprocess_equals_open_clips_transforms():
+    """The tensor preprocessing gives open_clip's eval-transform pixels (tensors go through its transforms as they are)."""
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.3, 0.25)
+    for H, W in ((48, 40), (37, 64), (64, 64), (32, 51), (20, 32)):
+        x = torch.rand(1, 3, H, W)
+        for fit, mode in (("crop", "shortest"), ("stretch", "squash")):
+            ref = open_clip.image_transform(32, is_train=False, mean=mean, std=std, resize_mode=mode)(x[0])
+            assert torch.allclose(preprocess(x, 32, fit, mean=mean, std=std)[0], ref, atol=1e-5), (H, W, fit)
+    # pad (HPSv2's ResizeMaxSize, open_clip's "longest"), where no resampling is needed; open_clip takes a PIL image here
+    x = torch.randint(0, 256, (1, 3, 20, 32)).float() / 255
+    pil = Image.fromarray((x[0] * 255).byte().permute(1, 2, 0).numpy())
+    ref = open_clip.image_transform(32, is_train=False, mean=mean, std=std, resize_mode="longest")(pil)
+    assert torch.allclose(preprocess(x, 32, "pad", mean=mean, std=std)[0], ref, atol=1e-6)
+    assert preprocess(x.half(), 32).dtype == torch.float32
 
 
 @pytest.mark.parametrize("name", ["hpsv2", "aesthetic", "clip"])
 def test_real_reward_gradients(tmp_path, name):
-    filename = {"hpsv2": "HPS_v2.1_compressed.pt", "aesthetic": "open_clip_model.safetensors", "clip": "open_clip_model.safetensors"}[name]
-    _tiny_folder(tmp_path, filename, save="pickle" if name == "hpsv2" else "safetensors")
-    if name == "aesthetic":
-        from safetensors.torch import save_file
-
-        save_file(AestheticHead(TINY.embed_dim).state_dict(), str(tmp_path / "sac+logos+ava1-l14-linearMSE.safetensors"))
+    _tiny_folder(tmp_path, name)
     reward = build_reward(name, weights=tmp_path).double()
     _check_gradient(lambda x: reward(x, ["a red chair", "a blue cup"]), torch.rand(2, 3, 40, 40))
+
+
+def test_nothing_is_downloaded(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a reward tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    for name in RELEASED:
+        _tiny_folder(tmp_path / name, name)
+        assert build_reward(name, weights=tmp_path / name)(torch.rand(1, 3, 32, 32), ["a cup"]).shape == (1,)
+    # without a config beside the file: open_clip's built-in ViT-H-14 and its tokenizer, from the installed package
+    assert model_source(tmp_path / "x.pt", "ViT-H-14") == "ViT-H-14"
+    tokenizer = open_clip.get_tokenizer("ViT-H-14")
+    assert tokenizer.context_length == 77 and tokenizer(["a cup"])[0, :4].tolist() == [49406, 320, 1937, 49407]
 
 
 def test_missing_and_wrong_weights(tmp_path):
     with pytest.raises(MissingWeights, match=r"HPS_v2\.1_compressed\.pt.*xswu/HPSv2"):
         HPSv2Reward.from_weights(tmp_path)
+    _tiny_folder(tmp_path / "hps", "hpsv2")
+    with pytest.raises(MissingWeights, match="HPS_v2_compressed.pt"):
+        build_reward("hpsv2", weights=tmp_path / "hps", version="v2.0")
+    _tiny_folder(tmp_path / "only_clip", "clip")
     with pytest.raises(MissingWeights, match="sac\\+logos"):
-        _tiny_folder(tmp_path / "only_clip", "open_clip_model.safetensors", save="safetensors")
         AestheticReward.from_weights(tmp_path / "only_clip")
     # a checkpoint of another size is refused before anything loads, naming the mismatch
-    _tiny_folder(tmp_path / "other", "HPS_v2.1_compressed.pt")
-    (tmp_path / "other" / "open_clip_config.json").unlink()
-    with pytest.raises(ValueError, match="does not match the expected model"):
-        HPSv2Reward.from_weights(tmp_path / "other", model_name="ViT-B-32")
+    (tmp_path / "hps" / "open_clip_config.json").unlink()
+    with pytest.raises(ValueError, match=r"ViT-H-14\) does not match the expected model.*positional_embedding: \[16, 32\] vs \[77, 1024\]"):
+        HPSv2Reward.from_weights(tmp_path / "hps")
     (tmp_path / "bad.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a plain tensor checkpoint"):
-        load_open_clip(tmp_path / "bad.bin", TINY)
-    with pytest.raises(ValueError, match="Unsupported open_clip configuration"):
-        ClipConfig.from_open_clip({"embed_dim": 512, "vision_cfg": {"timm_model_name": "convnext"}, "text_cfg": {}})
+        load_clip(tmp_path / "bad.bin", "ViT-B-32")
+    with pytest.raises(ValueError, match="Unknown open_clip model 'ViT-Q-99'"):
+        ClipScoreReward.from_weights(tmp_path / "hps" / RELEASED["hpsv2"], model_name="ViT-Q-99")
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "open_clip_config.json").write_text(json.dumps(
+        {"model_cfg": {**TINY, "text_cfg": {"hf_model_name": "bert-base-uncased", "hf_tokenizer_name": "bert-base-uncased"}}}))
+    with pytest.raises(ValueError, match="needs a Hugging Face text model or tokenizer"):
+        model_source(tmp_path / "hub" / "open_clip_model.safetensors", "ViT-B-32")
 
 
 def test_list_rewards_and_cli(tmp_path, capsys):
     infos = {i.name: i for i in list_rewards()}
     assert set(infos) == set(REWARDS) and all(infos[n].available for n in ("geometry", "alignment", "colorfulness"))
-    _tiny_folder(tmp_path, "HPS_v2.1_compressed.pt")
+    _tiny_folder(tmp_path, "hpsv2")
     assert {i.name: i for i in list_rewards({"hpsv2": tmp_path})}["hpsv2"].available
     assert rewards_cli(["--list", "--json", "--weights", f"hpsv2={tmp_path}"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -359,25 +374,3 @@ def test_list_rewards_and_cli(tmp_path, capsys):
     assert "geometry      available" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         rewards_cli(["--weights", "beauty=/x"])
-
-
-@pytest.mark.skipif(importlib.util.find_spec("open_clip") is None or importlib.util.find_spec("torchvision") is None,
-                    reason="open_clip (and a torchvision that loads) not installed")
-def test_matches_open_clip(tmp_path):
-    try:
-        import open_clip
-        from open_clip import factory
-    except Exception as e:  # a torchvision built for another torch fails here
-        pytest.skip(f"open_clip does not import: {e}")
-    factory._MODEL_CONFIGS["r2d3-tiny"] = TINY.to_open_clip() | {"text_cfg": {**TINY.to_open_clip()["text_cfg"], "vocab_size": 49408}}
-    ref = open_clip.create_model("r2d3-tiny", pretrained=None).eval()
-    torch.save(ref.state_dict(), tmp_path / "m.bin")
-    ours = load_open_clip(tmp_path / "m.bin", ClipConfig(**{**TINY.__dict__, "vocab_size": 49408}))
-    from engine.rewards.openclip import open_clip_vocab
-
-    prompts = ["a red chair", "An astronaut riding a horse, 4k!!", "x" * 100]
-    tokens = open_clip.get_tokenizer("ViT-B-32")(prompts)[:, :16]
-    assert torch.equal(ClipTokenizer.from_file(open_clip_vocab())(prompts)[:, :16], tokens)
-    img = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        assert torch.allclose(ours.encode_image(img, normalize=False), ref.encode_image(img), atol=1e-5)

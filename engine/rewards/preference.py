@@ -2,7 +2,8 @@
 
 Weights come from a path the user gives (a file, or a folder holding the expected file names) or
 from the local Hugging Face cache; nothing is downloaded. Scores are computed in fp32 (or float64
-when given float64), with differentiable tensor preprocessing (research/nabla-r2d3.md §4.1-4.2).
+when given float64), with differentiable tensor preprocessing (research/nabla-r2d3.md §4.1-4.2). The CLIP
+models and tokenizers are open_clip's own (``openclip`` is the thin adapter that loads them offline).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import PromptEmbeddings, Reward, RewardInputs
-from .openclip import (ClipConfig, ClipTokenizer, OpenClip, check_state_dict, get_config, load_open_clip, open_clip_vocab,
-                       preprocess, read_open_clip_config, read_state_dict)
+from .openclip import check_state_dict, get_tokenizer, load_clip, model_source, pixels_for, read_state_dict
 
 
 class MissingWeights(FileNotFoundError):
@@ -53,43 +54,13 @@ class WeightFile:
                              f"--weights NAME=PATH on the command line){cache}. It comes from {self.source}.")
 
 
-_TOKENIZER_REPOS = ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "openai/clip-vit-large-patch14", "openai/clip-vit-base-patch32")
-
-
-def find_tokenizer(path: str | Path | None = None, near: Path | None = None) -> Path:
-    """CLIP's BPE merges: a given file or folder, beside the weights, open_clip's package file, or the HF cache."""
-    names = ("bpe_simple_vocab_16e6.txt.gz", "merges.txt")
-    for folder in ([Path(path)] if path else []) + ([near] if near else []):
-        if folder.is_file():
-            return folder
-        for name in names:
-            if (folder / name).is_file():
-                return folder / name
-    if path:
-        raise MissingWeights(f"No CLIP tokenizer file ({' or '.join(names)}) at {path}.")
-    if (vocab := open_clip_vocab()) is not None:
-        return vocab
-    from huggingface_hub import try_to_load_from_cache
-
-    for repo in _TOKENIZER_REPOS:
-        hit = try_to_load_from_cache(repo, "merges.txt")
-        if isinstance(hit, str):
-            return Path(hit)
-    raise MissingWeights("CLIP's BPE vocabulary not found: pip install open_clip_torch --no-deps (it ships "
-                         "bpe_simple_vocab_16e6.txt.gz), or put a CLIP merges.txt beside the weights.")
-
-
-def _config_for(weights: Path, model_name: str) -> ClipConfig:
-    return read_open_clip_config(weights.parent) or get_config(model_name)
-
-
 class ClipScoreReward(Reward):
     """CLIP score: cosine between the image and prompt embeddings of an open_clip model."""
 
     name = "clip"
     value_range = (0.15, 0.35)
     needs = ("images", "prompts")
-    description = "CLIP score (image-prompt cosine) with any open_clip ViT"
+    description = "CLIP score (image-prompt cosine) with an open_clip CLIP"
     fit: ClassVar[str] = "crop"
     default_model: ClassVar[str] = "ViT-B-32"
     # open_clip weights looked up in the local Hugging Face cache when no path is given
@@ -98,15 +69,17 @@ class ClipScoreReward(Reward):
         "ViT-L-14": "laion/CLIP-ViT-L-14-laion2B-s32B-b82K", "ViT-H-14": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
     }
 
-    def __init__(self, model: OpenClip, tokenizer: ClipTokenizer):
+    def __init__(self, model: nn.Module, tokenizer):
+        """``model``: an open_clip CLIP (``open_clip.create_model``); ``tokenizer``: its ``open_clip.get_tokenizer``."""
         super().__init__()
-        if tokenizer.vocab_size != model.config.vocab_size or tokenizer.context_length != model.config.context_length:
-            raise ValueError(f"Tokenizer ({tokenizer.vocab_size} tokens, context {tokenizer.context_length}) does not fit the "
-                             f"model ({model.config.vocab_size}, {model.config.context_length}).")
+        text = getattr(model, "text", model)  # CustomTextCLIP keeps its text tower apart
+        if (tokenizer.vocab_size, tokenizer.context_length) != (text.vocab_size, text.context_length):
+            raise ValueError(f"Tokenizer ({tokenizer.vocab_size} tokens, context {tokenizer.context_length}) does not fit "
+                             f"the model ({text.vocab_size}, {text.context_length}).")
         self.model, self.tokenizer = model, tokenizer
         self.freeze()
         self._prompts = PromptEmbeddings(
-            lambda new: self.model.encode_text(self.tokenizer(new).to(self.model.text_projection.device)))
+            lambda new: self.model.encode_text(self.tokenizer(new).to(self.model.logit_scale.device), normalize=True))
 
     @classmethod
     def locate(cls, weights: str | Path | None = None, model_name: str | None = None) -> Path:
@@ -118,30 +91,26 @@ class ClipScoreReward(Reward):
     @classmethod
     def available(cls, weights: str | Path | None = None) -> tuple[bool, str]:
         try:
-            path = cls.locate(weights)
-            return True, f"{path} (tokenizer {find_tokenizer(None, path.parent)})"
+            return True, str(cls.locate(weights))
         except MissingWeights as e:
             return False, str(e)
 
     @classmethod
-    def from_weights(cls, weights: str | Path | None = None, model_name: str | None = None,
-                     tokenizer: str | Path | None = None) -> "ClipScoreReward":
-        """``weights``: an open_clip checkpoint file or its folder; ``model_name``: an open_clip name such as
-        ViT-B-32 (an open_clip_config.json beside the weights wins); ``tokenizer``: the BPE merges file."""
-        return cls.from_file(cls.locate(weights, model_name), model_name, tokenizer)
+    def from_weights(cls, weights: str | Path | None = None, model_name: str | None = None) -> "ClipScoreReward":
+        """``weights``: an open_clip checkpoint file or its folder; ``model_name``: an open_clip built-in name
+        such as ViT-B-32 (an open_clip_config.json beside the weights wins)."""
+        return cls.from_file(cls.locate(weights, model_name), model_name)
 
     @classmethod
-    def from_file(cls, path: Path, model_name: str | None = None, tokenizer: str | Path | None = None) -> "ClipScoreReward":
-        config = _config_for(path, model_name or cls.default_model)
-        tok = ClipTokenizer.from_file(find_tokenizer(tokenizer, path.parent), config.context_length)
-        return cls(load_open_clip(path, config), tok)
+    def from_file(cls, path: Path, model_name: str | None = None) -> "ClipScoreReward":
+        source = model_source(path, model_name or cls.default_model)
+        return cls(load_clip(path, source), get_tokenizer(source))
 
     def text_embeds(self, prompts: list[str]) -> Tensor:
-        return self._prompts(prompts, self.model.text_projection)
+        return self._prompts(prompts, self.model.logit_scale)
 
     def image_embeds(self, images: Tensor) -> Tensor:
-        pixels = preprocess(images, self.model.config.image_size, self.fit)
-        return self.model.encode_image(pixels.to(self.model.visual.proj.dtype))
+        return self.model.encode_image(pixels_for(self.model.visual, images, self.fit), normalize=True)
 
     def score(self, inputs: RewardInputs) -> Tensor:
         with torch.autocast(inputs.images.device.type, enabled=False):
@@ -168,8 +137,8 @@ class HPSv2Reward(ClipScoreReward):
 
     @classmethod
     def from_weights(cls, weights: str | Path | None = None, model_name: str | None = None,
-                     tokenizer: str | Path | None = None, version: str = "v2.1") -> "HPSv2Reward":
-        return cls.from_file(cls.locate(weights, version), model_name, tokenizer)
+                     version: str = "v2.1") -> "HPSv2Reward":
+        return cls.from_file(cls.locate(weights, version), model_name)
 
 
 class AestheticHead(nn.Module):
@@ -199,9 +168,10 @@ class AestheticReward(Reward):
     head_file = WeightFile("LAION aesthetic head", ("sac+logos+ava1-l14-linearMSE.pth", "sac+logos+ava1-l14-linearMSE.safetensors"),
                            None, "LAION-AI's improved-aesthetic-predictor repository (sac+logos+ava1-l14-linearMSE.pth)")
 
-    def __init__(self, model: OpenClip, head: AestheticHead):
+    def __init__(self, visual: nn.Module, head: AestheticHead):
+        """``visual``: an open_clip CLIP's image tower (``model.visual``); ``head``: the MLP on its embeddings."""
         super().__init__()
-        self.model, self.head = model, head
+        self.visual, self.head = visual, head
         self.freeze()
 
     @classmethod
@@ -222,15 +192,16 @@ class AestheticReward(Reward):
         """``weights``: the CLIP file or a folder; ``head``: the MLP file or folder (default: the CLIP folder)."""
         path = cls.clip_file.find(weights)
         head_path = cls._find_head(weights, head)
-        config = _config_for(path, model_name or cls.default_model)
-        mlp = AestheticHead(config.embed_dim)
+        visual = load_clip(path, model_source(path, model_name or cls.default_model), image_only=True)
+        mlp = AestheticHead(visual.output_dim)
         sd = check_state_dict(mlp, read_state_dict(head_path), str(head_path))
         mlp.load_state_dict({k: v.float() for k, v in sd.items()})
-        return cls(load_open_clip(path, config, text=False), mlp)
+        return cls(visual, mlp)
+
+    def image_embeds(self, images: Tensor) -> Tensor:
+        # as the reference scorer: bicubic straight to 224 without antialiasing, no crop
+        return F.normalize(self.visual(pixels_for(self.visual, images, "stretch", antialias=False)), dim=-1)
 
     def score(self, inputs: RewardInputs) -> Tensor:
         with torch.autocast(inputs.images.device.type, enabled=False):
-            # as the reference scorer: bicubic straight to 224 without antialiasing, no crop
-            pixels = preprocess(inputs.images, self.model.config.image_size, "stretch", antialias=False)
-            embeds = self.model.encode_image(pixels.to(self.model.visual.proj.dtype))
-            return self.head(embeds)[:, 0]
+            return self.head(self.image_embeds(inputs.images))[:, 0]
