@@ -1,0 +1,23 @@
+"""AlignProp: the final reward backpropagated through a random number K of final sampler steps, K drawn
+once per rollout (the fixed version of the original repo, not TRL's per-step draw), with gradient
+checkpointing of every denoiser call (research/rl-trainers.md §4.3)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Method, replay, reward_loss
+
+
+class AlignProp(Method):
+    name = "alignprop"
+    config_field = "alignprop"
+    summary = "reward backpropagated through a random truncation of the chain, checkpointed (AlignProp)"
+    needs = ("trajectory", "reward_grad")
+
+    def losses(self, rollout, step):
+        cfg, tr = self.cfg, self.ctx.transitions
+        k = int(torch.randint(cfg.k_min, cfg.k_max + 1, (), generator=self.ctx.shared(step, "alignprop-k")))
+        final, penalty = replay(self.ctx, rollout, tr.steps - k, kl=cfg.kl, checkpointing=cfg.checkpointing)
+        loss, info = reward_loss(self.ctx, rollout, final, step, penalty)
+        yield loss, {**info, "k": float(k)}

@@ -1,0 +1,118 @@
+"""The method interface: a method differs from the others only in how it turns a rollout into losses.
+
+The shared trainer samples every step's trajectories without gradients (the same prompts and noise for
+every method with the same seed), scores the final samples, then asks the method for its losses; it does
+the backward passes, the gradient all-reduce, clipping and the optimiser step. Methods that need a
+gradient through sampling replay a window of the recorded trajectory with the recorded noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Iterator
+
+import torch
+from torch import Tensor
+
+from ..rollout import RewardPath, Rollout, Transitions, guided_eps, seeded
+
+
+@dataclass
+class Context:
+    """What a method may use: the model (LoRA on), its trainable parameters, the reward path, the
+    sampler's transitions, the run config, and collective helpers (identity in one process)."""
+
+    model: torch.nn.Module
+    params: dict[str, torch.nn.Parameter]  # the LoRA parameters being trained, by name
+    reward: RewardPath
+    transitions: Transitions
+    config: object  # RunConfig
+    gather: Callable[[Tensor], Tensor]  # concatenates a [b, ...] tensor over processes (rank order)
+    gather_objects: Callable[[list], list]
+    reference: Callable[[], contextlib.AbstractContextManager]  # the frozen base model inside the block
+    world: int = 1  # number of processes
+
+    def generators(self, step: int, purpose: str, indices: list[int]) -> list[torch.Generator]:
+        """One generator per sample, keyed by its global index: the same draws in 1 or N processes."""
+        return [seeded(self.config.seed, step, purpose, i) for i in indices]
+
+    def shared(self, step: int, purpose: str, *keys) -> torch.Generator:
+        """A generator every process draws identically (e.g. the reward cameras of one call)."""
+        return seeded(self.config.seed, step, purpose, *keys)
+
+    def eps(self, rollout: Rollout, x: Tensor, t: Tensor) -> Tensor:
+        """CFG-combined ε at per-sample timesteps with the rollout's prompts and guidance."""
+        return guided_eps(self.model, x, t, rollout.cond, rollout.uncond, rollout.guidance)
+
+    def reference_eps(self, rollout: Rollout, x: Tensor, t: Tensor) -> Tensor:
+        with torch.no_grad(), self.reference():
+            return self.eps(rollout, x, t)
+
+
+class Method:
+    """Subclasses set the class attributes and implement :meth:`losses`."""
+
+    name: ClassVar[str]
+    config_field: ClassVar[str]  # the RunConfig field holding this method's knobs
+    summary: ClassVar[str]
+    needs: ClassVar[tuple[str, ...]]  # e.g. ("trajectory", "reward_grad", "reference"): documentation and tests
+
+    def __init__(self, config, ctx: Context):
+        self.cfg, self.ctx = config, ctx
+
+    def sampling(self) -> contextlib.AbstractContextManager:
+        """Weights the rollout is sampled with (default: the current policy)."""
+        return contextlib.nullcontext()
+
+    def losses(self, rollout: Rollout, step: int) -> Iterator[tuple[Tensor, dict[str, float]]]:
+        """Yields (loss, metrics) chunks; the trainer backpropagates each at once (bounded memory). The
+        chunks' gradients add up to the gradient of the method's objective averaged over the local batch."""
+        raise NotImplementedError
+
+    def after_step(self, step: int, rollout: Rollout) -> None:
+        """Called after each optimiser step (e.g. to update an old-policy copy)."""
+
+    def state(self) -> tuple[dict, dict[str, Tensor]]:
+        """(JSON-able state, tensors) to checkpoint so a resumed run continues exactly."""
+        return {}, {}
+
+    def load_state(self, meta: dict, tensors: dict[str, Tensor]) -> None:
+        pass
+
+
+def kl_to_base(ctx: Context, rollout: Rollout, x: Tensor, t: Tensor, eps: Tensor, weight: float) -> Tensor:
+    """weight · mean (ε_θ − ε_base)² at the same inputs (0 without a weight): the ε-space pull to the base."""
+    if weight <= 0:
+        return eps.new_zeros(())
+    return weight * (eps - ctx.reference_eps(rollout, x.detach(), t)).pow(2).mean()
+
+
+def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = rows[0].keys() if rows else []
+    return {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+
+
+def replay(ctx: Context, rollout: Rollout, start: int, *, kl: float = 0.0, checkpointing: bool = False) -> tuple[Tensor, Tensor]:
+    """Re-runs the recorded chain from step ``start`` to the end with gradients, reusing the recorded noise
+    (x_{j+1} = μ_θ(x_j) + (x_{j+1} − μ_old)): the reparameterised sampler of DRaFT / AlignProp. Returns the
+    final latents and the mean ε-space KL to the base over the replayed calls."""
+    tr, traj = ctx.transitions, rollout.trajectory
+    x, penalty = traj.latents[:, start], 0.0
+    for i in range(start, tr.steps):
+        j = torch.full((len(rollout),), i, dtype=torch.long)
+        t = tr.timesteps[j]
+        if checkpointing:
+            eps = torch.utils.checkpoint.checkpoint(ctx.eps, rollout, x, t, use_reentrant=False)
+        else:
+            eps = ctx.eps(rollout, x, t)
+        penalty = penalty + kl_to_base(ctx, rollout, x, t, eps, kl)
+        x = tr.mean(j, x, eps) + (traj.next_latents[:, i] - traj.means[:, i])
+    return x, penalty / (tr.steps - start)
+
+
+def reward_loss(ctx: Context, rollout: Rollout, latents: Tensor, step: int, penalty: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """−mean reward of ``latents`` from this step's reward rig, plus the KL penalty (reward-gradient methods)."""
+    cams = ctx.reward.cameras(ctx.shared(step, "reward-cameras"))
+    scores, _ = ctx.reward(latents, rollout.prompts, cams)
+    return -scores.mean() + penalty, {"grad_reward": scores.mean().item(), "kl": float(penalty.detach()) if torch.is_tensor(penalty) else float(penalty)}

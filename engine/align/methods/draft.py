@@ -1,0 +1,34 @@
+"""DRaFT-K: the final sample's reward, backpropagated through the last K sampler steps (the earlier ones
+without gradients). DRaFT-LV (``lv``): K = 1 with ``lv_samples`` re-noisings of the detached final sample
+to the last step's noise level, rewards averaged (research/rl-trainers.md §4.2)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Method, kl_to_base, replay, reward_loss
+
+
+class DRaFT(Method):
+    name = "draft"
+    config_field = "draft"
+    summary = "reward backpropagated through the last K sampler steps (DRaFT-K, DRaFT-LV)"
+    needs = ("trajectory", "reward_grad")
+
+    def losses(self, rollout, step):
+        ctx, cfg, tr = self.ctx, self.cfg, self.ctx.transitions
+        if not cfg.lv:
+            final, penalty = replay(ctx, rollout, tr.steps - cfg.k, kl=cfg.kl)
+            yield reward_loss(ctx, rollout, final, step, penalty)
+            return
+        B, last = len(rollout), tr.steps - 1
+        j = torch.full((B,), last, dtype=torch.long)
+        x0 = rollout.final.detach()
+        gens = ctx.generators(step, "draft-lv", rollout.indices)
+        for _ in range(cfg.lv_samples):
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(x0)
+            x = tr.alpha[last] * x0 + tr.sigma[last] * noise
+            eps = ctx.eps(rollout, x, tr.timesteps[j])
+            penalty = kl_to_base(ctx, rollout, x, tr.timesteps[j], eps, cfg.kl)
+            loss, info = reward_loss(ctx, rollout, tr.x0(j, x, eps), step, penalty)
+            yield loss / cfg.lv_samples, info

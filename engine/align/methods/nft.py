@@ -1,0 +1,96 @@
+"""DiffusionNFT on ε-models: the forward-process, negative-aware objective (research/rl-trainers.md §2.8).
+
+From the final samples x0 of the old policy and rewards mapped to r ∈ [0, 1] (group-relative advantages),
+at a noise level t: x_t = α x0 + σ ε, implicit positive / negative predictions
+x̂⁺ = β x̂0_θ + (1−β) x̂0_old and x̂⁻ = (1+β) x̂0_old − β x̂0_θ, and the loss
+adv_clip · mean[(r L⁺ + (1−r) L⁻) / β] with L± = mean (x̂± − x0)² / sg(mean |x̂± − x0|), each sample's term
+divided by σ/α (equal weight per t in ε space, option (a)), plus kl · mean (ε_θ − ε_base)². All ε are the
+CFG-combined predictions the sampler uses (option iii). The old policy is an EMA of θ:
+θ_old ← η θ_old + (1−η) θ with η = min(rate · step, max) (the official "type 1").
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from ..rollout import _bc, random_steps
+from .base import Method
+from .ddpo import gathered
+from .grpo import group_advantages
+
+
+class DiffusionNFT(Method):
+    name = "diffusionnft"
+    config_field = "nft"
+    summary = "forward-process negative-aware finetuning on final samples (DiffusionNFT)"
+    needs = ("final", "old_model", "groups")
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        self.old = {n: p.detach().clone() for n, p in ctx.params.items()}
+
+    @contextlib.contextmanager
+    def old_weights(self):
+        saved = {n: p.detach().clone() for n, p in self.ctx.params.items()}
+        with torch.no_grad():
+            for n, p in self.ctx.params.items():
+                p.copy_(self.old[n])
+            try:
+                yield
+            finally:
+                for n, p in self.ctx.params.items():
+                    p.copy_(saved[n])
+
+    def sampling(self):
+        return self.old_weights()
+
+    def losses(self, rollout, step):
+        cfg, ctx, tr = self.cfg, self.ctx, self.ctx.transitions
+        rewards, _, local = gathered(ctx, rollout, rollout.rewards)
+        adv, _ = group_advantages(rewards.cpu(), cfg.group_size, "global")
+        r = (adv.clamp(-cfg.adv_clip, cfg.adv_clip) / cfg.adv_clip / 2 + 0.5).clamp(0, 1)[local]
+        x0 = rollout.final.detach()
+        r = r.to(x0)
+        gens = ctx.generators(step, "nft", rollout.indices)
+        picks = random_steps(cfg.timesteps, cfg.min_step, tr.steps, gens)
+        for k in range(cfg.timesteps):
+            j = picks[:, k]
+            t = tr.timesteps[j]
+            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(x0)
+            x_t = _bc(tr.alpha[j], x0) * x0 + _bc(tr.sigma[j], x0) * noise
+            with torch.no_grad(), self.old_weights():  # before θ's graph exists: the swap writes the weights in place
+                eps_old = ctx.eps(rollout, x_t, t)
+            eps = ctx.eps(rollout, x_t, t)
+            x0_new, x0_old = tr.x0(j, x_t, eps), tr.x0(j, x_t, eps_old)
+            pos = cfg.beta * x0_new + (1 - cfg.beta) * x0_old
+            neg = (1 + cfg.beta) * x0_old - cfg.beta * x0_new
+            l_pos, l_neg = _self_normalised(pos, x0), _self_normalised(neg, x0)
+            per = cfg.adv_clip * (r * l_pos + (1 - r) * l_neg) / cfg.beta
+            per = per / (tr.sigma[j] / tr.alpha[j]).to(per)
+            kl = cfg.kl * (eps - ctx.reference_eps(rollout, x_t, t)).pow(2).mean() if cfg.kl > 0 else per.new_zeros(())
+            yield (per.mean() + kl) / cfg.timesteps, {
+                "nft_pos": l_pos.mean().item(), "nft_neg": l_neg.mean().item(), "kl": kl.item(), "r_mean": r.mean().item(),
+                "old_deviate": (eps - eps_old).pow(2).mean().sqrt().item(),
+            }
+
+    def after_step(self, step, rollout):
+        eta = min(self.cfg.old_decay_rate * (step + 1), self.cfg.old_decay_max)
+        with torch.no_grad():
+            for n, p in self.ctx.params.items():
+                self.old[n].mul_(eta).add_(p.detach(), alpha=1 - eta)
+
+    def state(self):
+        return {}, {f"old.{n}": t for n, t in self.old.items()}
+
+    def load_state(self, meta, tensors):
+        for n in self.old:
+            self.old[n].copy_(tensors[f"old.{n}"])
+
+
+def _self_normalised(pred, x0):
+    """Per sample mean (pred − x0)² / sg(max(mean |pred − x0|, 1e-5)), the official adaptive weight."""
+    err = (pred - x0).flatten(1)
+    w = err.detach().double().abs().mean(1).clamp_min(1e-5).to(err)
+    return err.pow(2).mean(1) / w

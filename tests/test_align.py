@@ -1,0 +1,274 @@
+"""The alignment engine: config, the shared trainer, every method's invariants, run folders, resume, bad input."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.align import METHODS, RunConfig, Trainer, TrainingError
+from engine.align import lora
+from engine.align.__main__ import main as align_main
+from engine.align.rollout import Transitions, stratified_steps, seeded
+from engine.models.splatter_ae import SplatterAutoencoder
+from engine.models.tiny import TinySplatModel, tiny_transformer
+from engine.rewards import Reward
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["sampler_steps=6", "render_resolution=24", "batch_size=2", "sample_every=0", "checkpoint_every=0", "lr=3e-3",
+        "weight_decay=0", "guidance=2.0", "grpo.group_size=2", "nft.group_size=2", "nft.min_step=0", "nft.timesteps=2",
+        "nabla.beta=1e5", "draft.k=2", "alignprop.k_max=2", "ddpo.clip_range=0.2", "grpo.clip_low=0.2", "grpo.clip_high=0.2"]
+
+
+class Brightness(Reward):
+    """Toy reward: mean brightness of the object's pixels (differentiable, prompt-free)."""
+
+    name = "brightness"
+    needs = ("images", "alpha")
+
+    def score(self, inputs):
+        a = inputs.alpha
+        return (inputs.images * a).sum((1, 2, 3)) / (3 * a.sum((1, 2, 3)) + 1e-6)
+
+
+class NaNReward(Reward):
+    name = "nan"
+
+    def score(self, inputs):
+        return inputs.images.mean((1, 2, 3)) * float("nan")
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return TinySplatModel(tiny_transformer(num_layers=1, heads=2, head_dim=8), SplatterAutoencoder(width=16)).eval()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_model().save_pretrained(folder)
+    return str(folder)
+
+
+def config(method="nabla-r2d3", *extra, steps=2, weights=None):
+    cfg = RunConfig(method=method, steps=steps).apply_overrides(FAST + list(extra))
+    if weights:
+        cfg.weights = weights
+    return cfg
+
+
+def trainer(tmp_path, method="nabla-r2d3", *extra, steps=2, reward=None, name="run", **kw):
+    return Trainer(config(method, *extra, steps=steps), tmp_path / name, model=tiny_model(), reward=reward or Brightness(), **kw)
+
+
+# -- config -------------------------------------------------------------------------------------------
+def test_config_round_trips_and_overrides_are_typed(tmp_path):
+    cfg = RunConfig().apply_overrides(["nabla.beta=1e4", "nabla.low_variance=false", "steps=7", "guidance=none"])
+    assert cfg.nabla.beta == 1e4 and cfg.nabla.low_variance is False and cfg.steps == 7 and cfg.guidance is None
+    cfg.save(tmp_path / "c.json")
+    assert RunConfig.load(tmp_path / "c.json") == cfg
+    for bad, msg in [("nabla.nope=1", "unknown knob"), ("nope.beta=1", "unknown group"), ("steps=x", "expected a int"),
+                     ("steps", "key=value")]:
+        with pytest.raises(ValueError, match=msg):
+            RunConfig().apply_overrides([bad])
+    with pytest.raises(ValueError, match="Unknown config key"):
+        RunConfig.from_dict({"metod": "refl"})
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("method=ppo", "unknown method"), ("nabla.beta=-1", "nabla.beta = -1.0: must be >= 0"),
+    ("nabla.timestep_fraction=0", "must be in \\(0, 1\\]"), ("nabla.timestep_fraction=1.5", "must be in \\(0, 1\\]"),
+    ("draft.k=30", "draft.k = 30: must be in \\[1, 20\\]"), ("batch_size=3", "multiple of grpo's group_size"),
+    ("lr=0", "lr = 0.0: must be > 0"), ("nabla.loss=l3", "choose one of l2, l1"),
+])
+def test_bad_knobs_are_refused_with_value_reason_and_fix(override, msg):
+    method = "grpo" if "batch_size" in override else ("draft" if "draft" in override else "nabla-r2d3")
+    with pytest.raises(ValueError, match=msg):
+        RunConfig(method=method).apply_overrides([override]).validate()
+
+
+# -- shared pieces ------------------------------------------------------------------------------------
+def test_transitions_reproduce_the_recorded_sampler_and_subsampling_is_stratified(tmp_path):
+    t = trainer(tmp_path)
+    roll = t.rollout(0)
+    tr, traj = t.transitions, roll.trajectory
+    for i in range(tr.steps):
+        j = torch.full((2,), i)
+        torch.testing.assert_close(tr.mean(j, traj.latents[:, i], traj.model_outputs[:, i]), traj.means[:, i], atol=1e-4, rtol=1e-4)
+    picks = stratified_steps(20, 8, [seeded(0, i) for i in range(16)])
+    edges = [round(i * 19 / 7) for i in range(8)]
+    assert (picks[:, 0] == 19).all()
+    for k, (lo, hi) in enumerate(zip(edges, edges[1:]), start=1):
+        assert ((picks[:, k] >= lo) & (picks[:, k] < hi)).all()
+    assert len({tuple(r) for r in picks.tolist()}) > 1  # random within strata
+
+
+def test_rollouts_are_identical_across_methods_for_the_same_seed(tmp_path):
+    a = trainer(tmp_path, "nabla-r2d3", name="a").rollout(3)
+    b = trainer(tmp_path, "ddpo", name="b").rollout(3)
+    assert a.prompts == b.prompts
+    assert torch.equal(a.trajectory.next_latents, b.trajectory.next_latents) and torch.equal(a.rewards, b.rewards)
+
+
+def test_nabla_loss_matches_its_closed_form(tmp_path):
+    t = trainer(tmp_path, "nabla-r2d3", "nabla.reg=0", "nabla.beta=0")
+    with torch.no_grad():
+        for p in t.params.values():
+            p.add_(0.05 * torch.randn_like(p))
+    roll = t.rollout(0)
+    tr, traj, ctx = t.transitions, roll.trajectory, t.method.ctx
+    j = torch.tensor([2, 5])
+    x = traj.latents[torch.arange(2), j]
+    with torch.no_grad():
+        eps, eps_ref = ctx.eps(roll, x, tr.timesteps[j]).double(), ctx.reference_eps(roll, x, tr.timesteps[j]).double()
+    d = Transitions(**{k: v.double() if v.is_floating_point() else v for k, v in vars(tr).items()})  # float64 coefficients
+    x = x.double()
+    c = d.score_coefficient(j).view(-1, 1, 1, 1, 1)
+    # s_θ − s_ref = (μ_θ − μ_ref)/std² from the Gaussian transition, against the closed form −c_j (ε_θ − ε_ref)
+    s_diff = (d.mean(j, x, eps) - d.mean(j, x, eps_ref)) / d.std[j].view(-1, 1, 1, 1, 1) ** 2
+    torch.testing.assert_close(s_diff, -c * (eps - eps_ref), rtol=1e-6, atol=1e-6)
+    # with β = 0 and λ = 0 the method's loss is exactly mean (c (ε_θ − ε_ref))² over its transitions
+    t.method.cfg.timestep_fraction = 1 / 6
+    losses = list(t.method.losses(roll, 0))
+    assert len(losses) == 1  # K = 1: the terminal transition only
+    jt = torch.full((2,), tr.steps - 1)
+    xt = traj.latents[:, -1]
+    with torch.no_grad():
+        expected = ((tr.score_coefficient(jt).view(-1, 1, 1, 1, 1) * (ctx.eps(roll, xt, tr.timesteps[jt]) - ctx.reference_eps(roll, xt, tr.timesteps[jt]))) ** 2).mean()
+    torch.testing.assert_close(losses[0][0].detach(), expected, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_trains_only_lora_and_changes_every_lora_parameter(tmp_path, method):
+    t = trainer(tmp_path, method)
+    before = {n: p.detach().clone() for n, p in t.params.items()}
+    frozen = {n: p.detach().clone() for n, p in t.model.named_parameters() if n not in t.params}
+    seen_grad = set()
+    for p in t.model.parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda p: seen_grad.add(id(p)))
+    rows = list(t.run())
+    assert len(rows) == 2 and all(r["loss"] == r["loss"] for r in rows)
+    assert seen_grad <= {id(p) for p in t.params.values()} and seen_grad
+    changed = [n for n, p in t.params.items() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before), f"{method}: unchanged LoRA tensors {set(before) - set(changed)}"
+    assert all(torch.equal(p, frozen[n]) for n, p in t.model.named_parameters() if n in frozen)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_each_method_raises_a_toy_reward(tmp_path, method):
+    t = trainer(tmp_path, method, "batch_size=4", steps=6)
+
+    def held_out_reward():
+        rewards = [t.rollout(1000 + i).rewards.mean().item() for i in range(2)]
+        return sum(rewards) / len(rewards)
+
+    before = held_out_reward()
+    for _ in t.run():
+        pass
+    after = held_out_reward()
+    assert after > before, f"{method}: brightness {before:.4f} -> {after:.4f}"
+
+
+def test_ratio_is_one_before_the_first_update(tmp_path):
+    for method in ("ddpo", "grpo"):
+        t = trainer(tmp_path, method, name=method)
+        roll = t.rollout(0)
+        infos = [info for _, info in t.method.losses(roll, 0)]
+        assert max(i["ratio_dev"] for i in infos) < 1e-4
+
+
+# -- run folders --------------------------------------------------------------------------------------
+def test_run_folder_resume_equals_an_uninterrupted_run(tmp_path, weights):
+    straight = Trainer(config("nabla-r2d3", "checkpoint_every=1", steps=4, weights=weights), tmp_path / "straight", reward=Brightness())
+    list(straight.run())
+    part = Trainer(config("nabla-r2d3", "checkpoint_every=1", steps=4, weights=weights), tmp_path / "part", reward=Brightness())
+    for m in part.run():
+        if m["step"] == 2:
+            part.request_stop()
+    assert part.step == 2
+    again = Trainer(config("nabla-r2d3", "checkpoint_every=1", steps=4, weights=weights), tmp_path / "part", resume=True, reward=Brightness())
+    assert again.step == 2
+    list(again.run())
+    read = lambda d: list(csv.DictReader((tmp_path / d / "metrics.csv").open()))  # noqa: E731
+    a, b = read("straight"), read("part")
+    assert [r["step"] for r in b] == ["1", "2", "3", "4"]
+    skip = {"wall_seconds", "sample_seconds", "update_seconds"}
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k not in skip} == {k: v for k, v in rb.items() if k not in skip}
+    for name, p in straight.params.items():
+        assert torch.equal(p, again.params[name])
+    files = {p.name for p in (tmp_path / "part").iterdir()}
+    assert {"config.json", "metrics.csv", "adapter", "checkpoint"} <= files
+    info = lora.read_adapter_info(tmp_path / "part" / "adapter")
+    assert info["method"] == "nabla-r2d3" and info["step"] == 4
+
+
+def test_folder_with_another_run_or_config_is_refused(tmp_path, weights):
+    list(Trainer(config("refl", weights=weights, steps=1), tmp_path / "r", reward=Brightness()).run())
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer(config("refl", weights=weights, steps=1), tmp_path / "r", reward=Brightness())
+    with pytest.raises(ValueError, match="another config \\(differs in: lr\\)"):
+        Trainer(config("refl", "lr=1e-2", weights=weights, steps=1), tmp_path / "r", resume=True, reward=Brightness())
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty and holds no run"):
+        Trainer(config("refl", weights=weights, steps=1), tmp_path / "junk", reward=Brightness())
+    assert (tmp_path / "junk" / "notes.txt").read_text() == "mine"
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_checkpoint(tmp_path):
+    t = trainer(tmp_path, "refl", reward=NaNReward())
+    with pytest.raises(TrainingError, match="loss became nan at step 1"):
+        list(t.run())
+    assert not (tmp_path / "run" / "checkpoint").exists()  # nothing half-made was saved
+
+
+def test_prompt_files_and_rewards_are_checked_before_any_work(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n# only a comment\n")
+    with pytest.raises(ValueError, match="has no prompts"):
+        trainer(tmp_path, "refl", f"prompts={tmp_path / 'empty.txt'}")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        trainer(tmp_path, "refl", f"prompts={tmp_path / 'missing.txt'}")
+    with pytest.raises(ValueError, match="hpsv2"):
+        Trainer(config("refl").apply_overrides(["reward=hpsv2"]), tmp_path / "h", model=tiny_model())
+    with pytest.raises(ValueError, match="Unknown reward"):
+        Trainer(config("refl").apply_overrides(["reward=beauty"]), tmp_path / "h2", model=tiny_model())
+    assert not (tmp_path / "h").exists() and not (tmp_path / "h2").exists()
+
+
+def test_cli_trains_writes_a_run_folder_and_refuses_bad_input(tmp_path, weights, capsys):
+    out = tmp_path / "cli"
+    align_main(["--method", "draft", "--reward", "colorfulness", "--steps", "2", "--out", str(out), "--weights", weights,
+                "--quiet", "--set", *FAST, "sample_every=2"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["step"] == 2
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["method"] == "draft" and cfg["reward"] == "colorfulness"
+    assert (out / "samples" / "step_0000.png").exists() and (out / "samples" / "step_0002.png").exists()
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    with pytest.raises(SystemExit) as err:
+        align_main(["--method", "draft", "--out", str(out), "--weights", weights, "--set", "draft.k=99"])
+    assert err.value.code == 2 and "draft.k = 99" in capsys.readouterr().err
+
+
+def test_two_gloo_processes_equal_one_with_the_same_global_batch(tmp_path, weights):
+    args = ["--method", "nabla-r2d3", "--reward", "colorfulness", "--steps", "2", "--weights", weights, "--quiet",
+            "--set", *FAST, "batch_size=4", "nabla.timestep_fraction=0.34"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "engine.align", "--out", str(tmp_path / "one"), *args], cwd=ROOT, env=env, check=True,
+                   capture_output=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                           "-m", "engine.align", "--out", str(tmp_path / "two"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    read = lambda d: list(csv.DictReader((tmp_path / d / "metrics.csv").open()))  # noqa: E731
+    one, two = read("one"), read("two")
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        for key in ("reward_mean", "reward_std", "loss", "grad_norm"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=2e-3, abs=1e-6), key
