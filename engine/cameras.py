@@ -122,6 +122,13 @@ def canonical_views(elevation: float = DIFFSPLAT_ELEVATION, radius: float = DIFF
     return orbit_cameras(torch.full_like(azimuth, elevation), azimuth, radius)
 
 
+def evaluation_views() -> Cameras:
+    """4 views between the generation views (azimuth 45/135/225/315, elevation 15): evaluations judge
+    assets from where the model was not asked to draw them."""
+    azimuth = torch.tensor([45.0, 135.0, 225.0, 315.0])
+    return orbit_cameras(torch.full_like(azimuth, 15.0), azimuth)
+
+
 def random_views(
     num_views: int,
     generator: torch.Generator | None = None,

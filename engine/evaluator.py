@@ -69,6 +69,11 @@ class Evaluator(ModelMixin, ConfigMixin):
     def image_embeds(self, images: Tensor) -> Tensor:
         return nn.functional.normalize(self.image_proj(self.features(images)), dim=-1)
 
+    def asset_embeds(self, views: Tensor) -> Tensor:
+        """[B, V, 3, H, W] views of B assets -> [B, D] unit mean of their view embeddings (how an asset is judged)."""
+        B, V = views.shape[:2]
+        return nn.functional.normalize(self.image_embeds(views.flatten(0, 1)).reshape(B, V, -1).mean(1), dim=-1)
+
     def text_embeds(self, sentence_embeds: Tensor) -> Tensor:
         return nn.functional.normalize(self.text_proj(sentence_embeds), dim=-1)
 
@@ -85,10 +90,16 @@ class Evaluator(ModelMixin, ConfigMixin):
         return self.classify_embeds(self.image_embeds(images))
 
     @torch.no_grad()
-    def classify_embeds(self, img: Tensor) -> dict[str, list[str]]:
-        """Zero-shot category and main colour from unit image embeddings (e.g. averaged over views)."""
-        cats = self.encode_text([category_prompt(c) for c in CATEGORY_NAMES])
-        cols = self.encode_text([color_prompt(c) for c in COLOR_NAMES])
+    def label_embeds(self) -> tuple[Tensor, Tensor]:
+        """Unit embeddings of the category prompts and of the colour prompts that zero-shot labels compare with."""
+        return self.encode_text([category_prompt(c) for c in CATEGORY_NAMES]), self.encode_text([color_prompt(c) for c in COLOR_NAMES])
+
+    @torch.no_grad()
+    def classify_embeds(self, img: Tensor, labels: tuple[Tensor, Tensor] | None = None) -> dict[str, list[str]]:
+        """Zero-shot category and main colour from unit image embeddings (e.g. averaged over views).
+
+        ``labels``: ``label_embeds()`` computed once by a caller that classifies many batches."""
+        cats, cols = labels if labels is not None else self.label_embeds()
         return {
             "category": [CATEGORY_NAMES[i] for i in (img @ cats.T).argmax(-1).tolist()],
             "color": [COLOR_NAMES[i] for i in (img @ cols.T).argmax(-1).tolist()],

@@ -89,3 +89,17 @@ def kid(x: Tensor, y: Tensor, subsets: int = 50, subset_size: int = 100, seed: i
         vals.append(float((kxx * off).sum() / (k * (k - 1)) + (kyy * off).sum() / (k * (k - 1)) - 2 * kxy.mean()))
     t = torch.tensor(vals)
     return float(t.mean()), float(t.std())
+
+
+def diversity(features: Tensor) -> float:
+    """Mean L2 distance between the unit features of the same view of two seeds of one prompt, over all
+    seed pairs, views and prompts: 0 for identical assets, at most 2.
+
+    Args:
+        features: [P, S, V, C] features of P prompts x S seeds (S >= 2) x V views.
+    """
+    P, S, V = features.shape[:3]
+    if S < 2:
+        raise ValueError(f"Diversity needs at least 2 seeds per prompt, got {S}.")
+    f = torch.nn.functional.normalize(features.double(), dim=-1).transpose(1, 2)  # [P, V, S, C]
+    return float(torch.cdist(f, f, compute_mode="donot_use_mm_for_euclid_dist").sum((2, 3)).mean() / (S * (S - 1)))
