@@ -103,7 +103,7 @@ def adapter_names(model) -> list[str]:
 def active_adapter(model) -> str | None:
     """The adapter the denoiser runs with now, or None (base weights)."""
     layers = _tuner_layers(denoiser_of(model))
-    if not layers or layers[0].disable_adapters:
+    if not layers or layers[0].disable_adapters or not layers[0].active_adapters:  # none yet, disabled, or all removed
         return None
     return layers[0].active_adapters[0]
 
@@ -183,7 +183,9 @@ def remove_adapter(model, name: str) -> None:
     """Delete adapter ``name`` (frees its weights). If it was active, the model runs the base afterwards."""
     denoiser = _require(model, name)
     was_active = active_adapter(model) == name
-    delete_adapter(denoiser, name, prefix="lora_")
+    with warnings.catch_warnings():  # peft announces it activates another adapter; we run the base instead (below)
+        warnings.filterwarnings("ignore", message=".*was active which is now deleted")
+        delete_adapter(denoiser, name, prefix="lora_")
     denoiser.peft_config.pop(name)
     if was_active:
         use_adapter(model, None)
@@ -302,7 +304,7 @@ def save_adapter(model, folder, *, name: str = "default", meta: dict | None = No
     tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         config.save_pretrained(str(tmp))
-        save_file({PEFT_PREFIX + k: v.contiguous() for k, v in adapter_state(model, name).items()}, str(tmp / WEIGHTS_FILE),
+        save_file({PEFT_PREFIX + k: v.cpu().contiguous() for k, v in adapter_state(model, name).items()}, str(tmp / WEIGHTS_FILE),
                   metadata={"format": "pt"})
         _write_json(tmp / INFO_FILE, info)
         old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
