@@ -1,0 +1,167 @@
+"""Held-out evaluation of alignment runs: reproducible metrics, base vs adapters, run folders, the command line."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from engine.align import lora
+from engine.align.config import RunConfig
+from engine.align.evaluate import FIXED_METRICS, EvalSettings, RunEvaluator, evaluate_runs, main
+from engine.metrics import diversity
+from engine.models.splatter_ae import SplatterAutoencoder
+from engine.models.tiny import TinySplatModel, tiny_transformer
+
+PROMPTS = ["a red chair", "a blue car"]
+REWARD_COLUMNS = ["reward/geometry", "reward/alignment", "reward/colorfulness"]
+METRICS = REWARD_COLUMNS + list(FIXED_METRICS)
+
+
+def settings(**kw):
+    return EvalSettings(**{"prompts": PROMPTS, "seeds": [0, 1], "steps": 4, "resolution": 32} | kw)
+
+
+def random_model(seed: int = 0) -> TinySplatModel:
+    torch.manual_seed(seed)
+    return TinySplatModel(tiny_transformer(num_layers=1, heads=2, head_dim=8), SplatterAutoencoder(width=16)).eval()
+
+
+def without_time(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "seconds_per_asset"}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(x == y or (math.isnan(x) and math.isnan(y)) for x, y in zip(a.values(), b.values()))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A saved random base and two run folders made on it (each with its own random adapter), plus a
+    run made on another base."""
+    root = tmp_path_factory.mktemp("runs")
+    folders = {}
+    for base_seed, names in ((0, ("run_a", "run_b")), (1, ("other_base",))):
+        base = root / f"base{base_seed}"
+        random_model(base_seed).save_pretrained(base)
+        for k, name in enumerate(names):
+            model = TinySplatModel.from_pretrained(base)
+            torch.manual_seed(10 + k)
+            lora.add_lora(model, rank=2, init="random")
+            lora.save_adapter(model, root / name / "adapter", meta={"method": "nabla-r2d3", "reward": "geometry", "step": 5})
+            RunConfig(weights=str(base), reward="geometry").save(root / name / "config.json")
+            folders[name] = root / name
+    return folders
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    """A random tiny model's evaluator; batches of 3 assets, so a batch spans two prompts."""
+    return RunEvaluator(random_model(), settings(batch_size=3))
+
+
+def test_base_against_itself_is_reproducible(evaluator):
+    base = evaluator.base_metrics()
+    assert list(base) == evaluator.metric_names() == METRICS
+    assert all(isinstance(v, float) for v in base.values())
+    assert base["assets"] == 4 and base["seconds_per_asset"] > 0
+    assert abs(base["kid_vs_base"]) < 0.05  # the same features on both sides, up to KID's random subsets
+    assert base["diversity"] > 0 and 0 <= base["category_acc"] <= 1 and 0 <= base["color_acc"] <= 1
+    assert base["dnc"] == base["reward/geometry"]
+    assert same(without_time(evaluator.evaluate()), without_time(base))  # sampled again: the same numbers
+
+
+def test_an_adapter_changes_the_metrics_and_not_the_base(evaluator):
+    before = evaluator.base_metrics()
+    torch.manual_seed(3)
+    lora.add_lora(evaluator.model, rank=2, init="random")
+    try:
+        tuned = evaluator.evaluate()
+    finally:
+        lora.remove_adapter(evaluator.model, "default")
+    assert tuned["kid_vs_base"] > before["kid_vs_base"] + 1e-4
+    assert tuned["alignment"] != before["alignment"] and tuned["reward/colorfulness"] != before["reward/colorfulness"]
+    assert same(evaluator.base_metrics(), before)
+
+
+def test_evaluate_runs_gives_base_and_each_run(runs):
+    model = TinySplatModel.from_pretrained(runs["run_a"].parent / "base0")
+    table = evaluate_runs([runs["run_a"], runs["run_b"]], settings(), model=model)
+    assert isinstance(table, pd.DataFrame)
+    assert list(table.columns) == ["label", "run"] + METRICS
+    assert table["label"].tolist() == ["base", "run_a", "run_b"]
+    assert table["run"].tolist() == ["", str(runs["run_a"]), str(runs["run_b"])]
+    kid_base, kid_a, kid_b = table["kid_vs_base"].tolist()
+    assert abs(kid_base) < 0.05 and kid_a > kid_base and kid_b > kid_base and kid_a != kid_b
+    assert lora.adapter_names(model) == [] and lora.active_adapter(model) is None  # the given model as it was
+
+
+def test_command_prints_json_and_writes_csv(runs, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "table" / "eval.csv"
+    main(["--run", str(runs["run_a"]), "--prompts", str(prompts), "--seeds", "2", "--steps", "4", "--resolution", "32",
+          "--out", str(out)])
+    printed = json.loads(capsys.readouterr().out)
+    assert list(printed) == ["base", "run_a"]
+    assert printed["run_a"]["run"] == str(runs["run_a"]) and printed["base"]["assets"] == 4
+    table = pd.read_csv(out, keep_default_na=False)
+    assert table["label"].tolist() == ["base", "run_a"] and list(table.columns) == ["label", "run"] + METRICS
+    assert table["kid_vs_base"].tolist() == pytest.approx([printed["base"]["kid_vs_base"], printed["run_a"]["kid_vs_base"]])
+    assert [p.name for p in out.parent.iterdir()] == ["eval.csv"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "does not exist"),
+    ("no_adapter", "has no adapter/"),
+    ("empty_prompts", "has no prompts"),
+    ("zero_seeds", "--seeds 0"),
+    ("other_base", "different base models"),
+    ("bad_weights", "expected NAME=PATH"),
+])
+def test_command_refuses_bad_input(runs, tmp_path, capsys, case, message):
+    run = str(runs["run_a"])
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    (tmp_path / "no_adapter").mkdir()
+    RunConfig().save(tmp_path / "no_adapter" / "config.json")
+    args = {
+        "missing": ["--run", str(tmp_path / "nowhere")],
+        "no_adapter": ["--run", str(tmp_path / "no_adapter")],
+        "empty_prompts": ["--run", run, "--prompts", str(empty)],
+        "zero_seeds": ["--run", run, "--seeds", "0"],
+        "other_base": ["--run", run, "--run", str(runs["other_base"])],
+        "bad_weights": ["--run", run, "--weights", "hpsv2"],
+    }[case]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--out", str(tmp_path / "eval.csv")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "eval.csv").exists()
+
+
+def test_settings_refuse_bad_values():
+    with pytest.raises(ValueError, match="Unknown reward 'nope'"):
+        settings(rewards=("nope",))
+    with pytest.raises(ValueError, match="seeds"):
+        settings(seeds=[])
+    with pytest.raises(ValueError, match="prompts"):
+        settings(prompts=[])
+    with pytest.raises(ValueError, match="steps = 0"):
+        settings(steps=0)
+    with pytest.raises(ValueError, match="cannot run here"):  # before any sampling
+        RunEvaluator(random_model(), settings(rewards=("hpsv2",), reward_weights={"hpsv2": "/nowhere/hps.pt"}))
+
+
+def test_diversity_is_the_mean_distance_between_seeds_of_a_prompt():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(3, 3, 4, 8, generator=g)  # prompts, seeds, views, channels
+    unit = torch.nn.functional.normalize(feats, dim=-1)
+    pairs = [(a, b) for a in range(3) for b in range(a + 1, 3)]
+    expected = torch.stack([(unit[:, a] - unit[:, b]).norm(dim=-1).mean() for a, b in pairs]).mean()
+    assert diversity(feats) == pytest.approx(float(expected), rel=1e-6)
+    assert diversity(feats[:, :1].expand(-1, 3, -1, -1)) == 0  # every seed the same asset
+    with pytest.raises(ValueError, match="at least 2 seeds"):
+        diversity(feats[:, :1])
