@@ -14,10 +14,12 @@ from engine.align.lora import (
     DEFAULT_TARGETS, active_adapter, adapter_names, adapter_state, adapters_disabled, add_lora, base_fingerprint, denoiser_of,
     load_adapter, load_adapter_state, lora_parameters, read_adapter_info, remove_adapter, save_adapter, use_adapter,
 )
+from engine.generate import load_model, main as generate_cli
 from engine.models.base import Condition
 from engine.models.multiview import set_multiview_attention
 from engine.models.splatter_ae import SplatterAutoencoder
 from engine.models.tiny import DEFAULT_CHECKPOINT, TinySplatModel, tiny_transformer
+from tests.test_diffsplat import release  # noqa: F401  (the tiny random DiffSplat releases, a fixture)
 
 SHIPPED_TRANSFORMER = DEFAULT_CHECKPOINT / "transformer"
 
@@ -310,21 +312,7 @@ def test_loading_under_a_taken_name_is_refused(saved):
 
 # ---------------------------------------------------------------------------------------- DiffSplat
 
-@pytest.fixture(scope="module")
-def release(tmp_path_factory):
-    from tests.diffsplat_fixtures import make_pas_release, make_sd15_release, make_text_encoder
-
-    root = tmp_path_factory.mktemp("diffsplat")
-    make_pas_release(root)
-    make_sd15_release(root)
-    make_text_encoder(root / "t5", "t5")
-    make_text_encoder(root / "clip", "clip")
-    return root
-
-
 def test_bf16_diffsplat_pixart_trains_fp32_lora(release):
-    from engine.generate import load_model
-
     model = load_model("diffsplat-pas", release, text_encoder=release / "t5", dtype="bf16", device="cpu")
     params = add_lora(model)
     assert params and all(p.dtype == torch.float32 for p in params)
@@ -334,8 +322,6 @@ def test_bf16_diffsplat_pixart_trains_fp32_lora(release):
 
 
 def test_sd15_unet_targets_and_round_trip(release, tmp_path):
-    from engine.generate import load_model
-
     model = load_model("diffsplat-sd15", release, text_encoder=release / "clip", device="cpu")
     add_lora(model, init="random")
     adapted = {k.rsplit(".lora_", 1)[0] for k in adapter_state(model)}
@@ -358,15 +344,13 @@ def test_sd15_unet_targets_and_round_trip(release, tmp_path):
 def test_generate_command_with_lora(tmp_path, capsys):
     import imageio.v3 as iio
 
-    from engine.generate import main
-
     model = TinySplatModel.from_pretrained()
     torch.manual_seed(0)
     add_lora(model, init="random")
     save_adapter(model, tmp_path / "adapter")
     args = ["--prompt", "a red chair", "--steps", "2", "--frames", "1", "--resolution", "32"]
-    main(args + ["--out", str(tmp_path / "base")])
-    main(args + ["--lora", str(tmp_path / "adapter"), "--out", str(tmp_path / "tuned")])
+    generate_cli(args + ["--out", str(tmp_path / "base")])
+    generate_cli(args + ["--lora", str(tmp_path / "adapter"), "--out", str(tmp_path / "tuned")])
     assert json.loads((tmp_path / "tuned" / "generation.json").read_text())["lora"] == str(tmp_path / "adapter")
     assert json.loads((tmp_path / "base" / "generation.json").read_text())["lora"] is None
     assert (iio.imread(tmp_path / "base" / "views.png") != iio.imread(tmp_path / "tuned" / "views.png")).any()
@@ -375,6 +359,6 @@ def test_generate_command_with_lora(tmp_path, capsys):
     add_lora(other)
     save_adapter(other, tmp_path / "other")
     with pytest.raises(SystemExit) as exit_info:
-        main(args + ["--lora", str(tmp_path / "other"), "--out", str(tmp_path / "refused")])
+        generate_cli(args + ["--lora", str(tmp_path / "other"), "--out", str(tmp_path / "refused")])
     assert exit_info.value.code == 2 and "was made for the base model" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
