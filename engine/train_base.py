@@ -1,6 +1,6 @@
 """Trains the embedded base model and its evaluator from scratch, in resumable stages.
 
-    python -m engine.train_base --work outputs/train_base --out checkpoints/tiny-base [--stage all]
+    python -m engine.train_base --work outputs/train_base --out checkpoints/tiny-base [--stage all] [--preset v1|v2]
 
 Stages (each skips what is already done and resumes from its last checkpoint):
     data         ground-truth splatter images of the procedural world (and evaluator renders)
@@ -9,8 +9,9 @@ Stages (each skips what is already done and resumes from its last checkpoint):
     diffusion    the multi-view PixArt denoiser on latents, text-conditioned, 10% null prompts for CFG
     evaluator    the contrastive text-object evaluator (its own seeds)
     export       save_pretrained into --out
-The config is written to ``work/config.json``; the same seed and config give the same weights on the
-same machine and library versions.
+``--preset`` picks a recipe (v1, v2; ``PRESETS``), ``--config`` overrides its fields. The config is written to
+``work/config.json``; the same seed and config give the same weights on the same machine, library versions
+and ``--threads``. ``--snapshot DIR`` writes the EMA weights of an unfinished run, for evaluating it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -59,10 +61,54 @@ class TrainBaseConfig:
     evaluator_steps: int = 1500
     evaluator_batch: int = 128
     checkpoint_every: int = 200
+    # Added for v2; the defaults are v1's recipe, so the v1 config still makes the v1 weights.
+    ae_channel_weights: tuple[float, ...] = (1, 1, 1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 1.5, 2.0)  # see AE_CHANNELS
+    ae_normal_weight: float = 0.0  # 1 - |cos| between the decoded and true surfel normals (what DNC sees)
+    warmup_steps: int = 200
+    lr_floor: float = 0.1  # the cosine ends at this fraction of the peak learning rate
+    cache_text: bool = False  # token embeddings computed once per caption (each alone, so resumes stay exact)
+    guidance_default: float = 2.0  # written to model_index.json; not a training setting
 
 
-# Channel weights of the autoencoder loss: rgb 3 | scale 3 | rotation 4 | opacity 1 | depth 1.
-AE_WEIGHTS = torch.tensor([1, 1, 1, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 1.5, 2.0]).view(1, 12, 1, 1)
+# The recipe of each shipped base model. `--preset` picks one; `--config` overrides fields on top.
+PRESETS: dict[str, dict] = {
+    "v1": {},
+    "v2": dict(
+        ae_steps=3000, ae_channel_weights=(1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1.5, 2.0), ae_normal_weight=1.0,
+        diffusion_steps=9000, warmup_steps=500, ema_decay=0.999, cache_text=True,
+    ),
+}
+# Fields that do not change the training state: a work folder may be exported with other values.
+EXPORT_ONLY = ("guidance_default",)
+
+
+AE_CHANNELS = "rgb 3 | scale 3 | rotation 4 (w first) | opacity 1 | depth 1"
+
+
+def config_from(preset: str = "v1", overrides: dict | None = None) -> TrainBaseConfig:
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    fields = PRESETS[preset] | (overrides or {})
+    unknown = sorted(set(fields) - set(TrainBaseConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"Unknown config fields {unknown}; the fields are those of TrainBaseConfig.")
+    cfg = TrainBaseConfig(**fields)
+    cfg.ae_channel_weights = tuple(float(w) for w in cfg.ae_channel_weights)
+    if len(cfg.ae_channel_weights) != 12:
+        raise ValueError(f"ae_channel_weights needs 12 values ({AE_CHANNELS}), got {len(cfg.ae_channel_weights)}.")
+    return cfg
+
+
+def lr_factor(step: int, total: int, warmup: int, floor: float) -> float:
+    """Linear warm-up, then a cosine from 1 down to ``floor`` at ``total``."""
+    warm = min(1.0, (step + 1) / warmup)
+    return warm * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / total)))
+
+
+def surfel_normals(quats: torch.Tensor) -> torch.Tensor:
+    """[N, 4, H, W] w-first quaternion channels -> [N, 3, H, W] unit third axes (a flat Gaussian's normal)."""
+    w, x, y, z = torch.nn.functional.normalize(quats, dim=1, eps=1e-6).unbind(1)
+    return torch.stack([2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y)], 1)
 
 
 def _step_seed(seed: int, stream: int, step: int) -> int:
@@ -147,15 +193,20 @@ def stage_evaluator_data(cfg: TrainBaseConfig, work: Path) -> None:
     build_chunks(work / "data" / "evaluator", "images", cfg.evaluator_images, cfg.evaluator_seed_base, "all", cfg.resolution)
 
 
-def ae_loss(ae: SplatterAutoencoder, maps: torch.Tensor, kl_weight: float) -> torch.Tensor:
+def ae_loss(ae: SplatterAutoencoder, maps: torch.Tensor, cfg: TrainBaseConfig) -> torch.Tensor:
     mean, logvar = ae.encode(maps)
     z = mean + torch.randn_like(mean) * (0.5 * logvar).exp()
     recon = ae.decoder(z)
     hit = (maps[:, 10:11] > 0).float()
     mask = torch.cat([hit.expand(-1, 10, -1, -1), torch.ones_like(hit), hit], 1)
-    l1 = ((recon - maps).abs() * AE_WEIGHTS.to(maps) * mask).mean()
+    weights = torch.tensor(cfg.ae_channel_weights, dtype=maps.dtype, device=maps.device).view(1, 12, 1, 1)
     kl = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).mean()
-    return l1 + kl_weight * kl
+    loss = ((recon - maps).abs() * weights * mask).mean() + cfg.ae_kl_weight * kl
+    if cfg.ae_normal_weight:
+        # The normal is invariant to the quaternion's sign, which plain L1 on the channels is not.
+        cos = (surfel_normals(recon[:, 6:10]) * surfel_normals(maps[:, 6:10])).sum(1, keepdim=True).abs()
+        loss = loss + cfg.ae_normal_weight * ((1 - cos) * hit).sum() / hit.sum().clamp_min(1)
+    return loss
 
 
 def stage_autoencoder(cfg: TrainBaseConfig, work: Path, device: str = "cpu") -> SplatterAutoencoder:
@@ -176,7 +227,7 @@ def stage_autoencoder(cfg: TrainBaseConfig, work: Path, device: str = "cpu") -> 
         for group in opt.param_groups:
             group["lr"] = cfg.ae_lr * 0.5 * (1 + math.cos(math.pi * i / cfg.ae_steps))
         idx = torch.randint(len(views()), (cfg.ae_batch_views,), generator=g)
-        loss = ae_loss(ae, views()[idx].float().to(device), cfg.ae_kl_weight)
+        loss = ae_loss(ae, views()[idx].float().to(device), cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -207,13 +258,41 @@ def load_latents(work: Path) -> tuple[torch.Tensor, list[float], list[float], li
     return lat, mean.tolist(), (1.0 / std).tolist(), load_specs(work / "data", "maps")
 
 
+class CaptionTokens:
+    """The text encoder's token embeddings, computed once per caption. Each caption is encoded alone, so an
+    embedding does not depend on the batch it first came in (a resumed run sees the same numbers). Padding
+    positions are zeros: the transformer's attention mask hides them."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def tokens(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        for p in prompts:
+            if p not in self.cache:
+                emb, mask = self.encoder.tokens([p])
+                self.cache[p] = emb[0, : int(mask.sum())].clone()
+        length = self.encoder.max_tokens
+        emb = torch.zeros(len(prompts), length, self.cache[prompts[0]].shape[-1])
+        mask = torch.zeros(len(prompts), length, dtype=torch.long)
+        for k, p in enumerate(prompts):
+            n = len(self.cache[p])
+            emb[k, :n], mask[k, :n] = self.cache[p], 1
+        return emb, mask
+
+
+def _tiny_model(cfg: TrainBaseConfig, ae: SplatterAutoencoder) -> TinySplatModel:
+    return TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae, prediction_type=cfg.prediction_type,
+                          guidance_default=cfg.guidance_default)
+
+
 def stage_diffusion(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder, device: str = "cpu"):
     latents, shift, scale, specs = load_latents(work)
     ae.register_to_config(scaling_factor=scale, shift_factor=shift)
     latents = ae.to_diffusion(latents)
     torch.manual_seed(cfg.seed)
-    model = TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae, prediction_type=cfg.prediction_type)
-    ema = TinySplatModel(tiny_transformer(num_layers=cfg.transformer_layers), ae, prediction_type=cfg.prediction_type)
+    model = _tiny_model(cfg, ae)
+    ema = _tiny_model(cfg, ae)
     ema.transformer.load_state_dict(model.transformer.state_dict())
     ema.requires_grad_(False)
     model.to(device)
@@ -222,16 +301,15 @@ def stage_diffusion(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder, d
     opt = torch.optim.AdamW(params, lr=cfg.diffusion_lr, weight_decay=0.01)
     sched = make_scheduler("ddim")  # only its training-time noise schedule is used
     ac = sched.alphas_cumprod.to(device)
-    text = default_text_encoder()
+    text = CaptionTokens(default_text_encoder()) if cfg.cache_text else default_text_encoder()
     g = torch.Generator()
     rng = random.Random()
 
     def step(i):
         g.manual_seed(_step_seed(cfg.seed, 2, i))
         rng.seed(_step_seed(cfg.seed, 3, i))
-        warm = min(1.0, (i + 1) / 200)
         for group in opt.param_groups:
-            group["lr"] = cfg.diffusion_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / cfg.diffusion_steps)))
+            group["lr"] = cfg.diffusion_lr * lr_factor(i, cfg.diffusion_steps, cfg.warmup_steps, cfg.lr_floor)
         idx = torch.randint(len(latents), (cfg.diffusion_batch,), generator=g)
         x0 = latents[idx].to(device)
         prompts = ["" if rng.random() < cfg.cfg_dropout else caption(specs[j], rng) for j in idx.tolist()]
@@ -287,20 +365,59 @@ def stage_evaluator(cfg: TrainBaseConfig, work: Path, device: str = "cpu") -> Ev
     return _train_loop("evaluator", work, ev, opt, cfg.evaluator_steps, step, cfg.checkpoint_every)
 
 
+def export_snapshot(cfg: TrainBaseConfig, work: Path, out: Path) -> int:
+    """Writes the diffusion stage's current EMA weights (with the finished autoencoder) as a tiny-base folder,
+    without training; for evaluating a run that is still going. Returns the diffusion step."""
+    states = {name: _load_state(work / f"{name}_state.safetensors") for name in ("autoencoder", "diffusion")}
+    if states["autoencoder"] is None or states["autoencoder"][1]["step"] < cfg.ae_steps or not (work / "latents.safetensors").exists():
+        raise SystemExit(f"{work}: the autoencoder and latents stages are not finished yet; nothing to snapshot.")
+    if states["diffusion"] is None:
+        raise SystemExit(f"{work}: the diffusion stage has no checkpoint yet (one every {cfg.checkpoint_every} steps).")
+    ae = SplatterAutoencoder()
+    ae.load_state_dict({k[6:]: v for k, v in states["autoencoder"][0].items() if k.startswith("model.")})
+    _, shift, scale, _ = load_latents(work)
+    ae.register_to_config(scaling_factor=scale, shift_factor=shift)
+    model = _tiny_model(cfg, ae.eval())
+    model.transformer.load_state_dict({k[4:]: v for k, v in states["diffusion"][0].items() if k.startswith("ema.")})
+    step = states["diffusion"][1]["step"]
+    model.save_pretrained(out)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg) | {"snapshot_diffusion_step": step}, indent=2))
+    return step
+
+
+def _same_training(saved: dict, cfg: TrainBaseConfig) -> bool:
+    """Whether a work folder's config trains what ``cfg`` trains (fields added later count at their defaults)."""
+    now = json.loads(json.dumps(asdict(cfg)))
+    old = json.loads(json.dumps(asdict(TrainBaseConfig()))) | saved
+    return all(old.get(k) == v for k, v in now.items() if k not in EXPORT_ONLY)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("outputs/train_base"))
     p.add_argument("--out", type=Path, default=Path("checkpoints/tiny-base"))
     p.add_argument("--stage", choices=("all",) + STAGES, default="all")
-    p.add_argument("--config", type=Path, help="JSON with TrainBaseConfig fields to override")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="v1", help="the recipe (v1: the shipped weights)")
+    p.add_argument("--config", type=Path, help="JSON with TrainBaseConfig fields to override on top of the preset")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the shipped weights were trained on the CPU)")
+    p.add_argument("--threads", type=int, help="torch CPU threads; a resumed run is bit-exact on the same count")
+    p.add_argument("--snapshot", type=Path, help="write the current EMA weights of an unfinished run to this folder and stop")
     args = p.parse_args(argv)
-    cfg = TrainBaseConfig(**(json.loads(args.config.read_text()) if args.config else {}))
-    args.work.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = config_from(args.preset, json.loads(args.config.read_text()) if args.config else None)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     saved = args.work / "config.json"
-    if saved.exists() and json.loads(saved.read_text()) != asdict(cfg):
+    if saved.exists() and not _same_training(json.loads(saved.read_text()), cfg):
         raise SystemExit(f"{saved} holds a different config; use a new --work folder or the same config.")
-    saved.write_text(json.dumps(asdict(cfg), indent=2))
+    if args.snapshot:
+        print(json.dumps({"snapshot": str(args.snapshot), "diffusion_step": export_snapshot(cfg, args.work, args.snapshot)}))
+        return
+    args.work.mkdir(parents=True, exist_ok=True)
+    saved.with_suffix(".tmp").write_text(json.dumps(asdict(cfg), indent=2))
+    os.replace(saved.with_suffix(".tmp"), saved)
     run = lambda s: args.stage in ("all", s)  # noqa: E731
     t0 = time.time()
     if run("data"):
