@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import generate, viewer
+from . import generate, mesh, viewer
 
 TITLE = "R2D3 Studio"
 INTRO = (
@@ -12,7 +12,7 @@ INTRO = (
     "**Generate** turns a prompt into a 3D Gaussian splat with the embedded base model (trained here on a "
     "procedural world of 24 object kinds in 12 colours; it runs on a CPU), or with DiffSplat's released models "
     "when the studio is started with their weights. **Viewer** inspects any 3DGS "
-    "`.ply` / `.splat` file."
+    "`.ply` / `.splat` file. Both then turn the splat into a coloured mesh (GLB) to preview and download."
 )
 
 
@@ -35,18 +35,25 @@ def build_demo() -> gr.Blocks:
                         g_stop = gr.Button("Stop", variant="stop")
                     g_info = gr.Markdown()
                     g_file = gr.File(label="Download PLY")
+                    g_glb = gr.File(label="Download GLB (mesh)")
+                    g_mesh_info = gr.Markdown()
                     gr.Examples(generate.EXAMPLES, [prompt, seed], label="Examples")
                 with gr.Column(scale=2):
                     g_video = gr.Video(label="Turntable: RGB | normals", autoplay=True, loop=True)
                     g_views = gr.Image(label="4 views (azimuth 0 / 90 / 180 / 270)", type="filepath")
                     g_normals = gr.Image(label="Normal maps", type="filepath")
                     g_model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1))
+                    g_mesh = gr.Model3D(label="Mesh preview (GLB)", clear_color=(1, 1, 1, 1), elem_id="generate-mesh")
             g_inputs = [prompt, seed, steps, guidance, g_frames, g_model_name]
             g_model_name.change(generate.on_model_change, g_model_name, guidance)
             g_outputs = [g_model, g_video, g_views, g_normals, g_file, g_info]
             g_job = g_run.click(generate.run_generate, g_inputs, g_outputs, api_name="generate", concurrency_limit=1)
             g_submit = prompt.submit(generate.run_generate, g_inputs, g_outputs, concurrency_limit=1)
-            g_stop.click(None, cancels=[g_job, g_submit])
+            # The mesh follows each new splat: its file (the Download PLY) is the input.
+            g_mesh_outputs = [g_mesh, g_glb, g_mesh_info]
+            g_job_mesh = g_job.success(mesh.extract_mesh, g_file, g_mesh_outputs, api_name="generate_mesh", concurrency_limit=1)
+            g_submit_mesh = g_submit.success(mesh.extract_mesh, g_file, g_mesh_outputs, concurrency_limit=1)
+            g_stop.click(None, cancels=[g_job, g_submit, g_job_mesh, g_submit_mesh])
         with gr.Tab("Viewer"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -59,14 +66,21 @@ def build_demo() -> gr.Blocks:
                         stop = gr.Button("Stop", variant="stop")
                     info = gr.Markdown()
                     files = gr.File(label="Downloads (PLY, .splat)", file_count="multiple")
+                    glb = gr.File(label="Download GLB (mesh)")
+                    mesh_info = gr.Markdown()
                 with gr.Column(scale=2):
                     video = gr.Video(label="Turntable: RGB | normals", autoplay=True, loop=True)
                     views = gr.Image(label="4 views (azimuth 0 / 90 / 180 / 270)", type="filepath")
                     normals = gr.Image(label="Normal maps", type="filepath")
                     model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1))
+                    mesh_view = gr.Model3D(label="Mesh preview (GLB)", clear_color=(1, 1, 1, 1), elem_id="viewer-mesh")
             outputs = [model, views, normals, video, files, info]
             inputs = [upload, elevation, resolution, frames]
             job = run.click(viewer.render_asset, inputs, outputs, api_name="render", concurrency_limit=2)
             first = demo.load(viewer.render_asset, inputs, outputs)
-            stop.click(None, cancels=[job, first])
+            # The mesh of the splat just rendered (the splat viewer holds its PLY).
+            mesh_outputs = [mesh_view, glb, mesh_info]
+            job_mesh = job.success(mesh.extract_mesh, model, mesh_outputs, api_name="mesh", concurrency_limit=1)
+            first_mesh = first.success(mesh.extract_mesh, model, mesh_outputs, concurrency_limit=1)
+            stop.click(None, cancels=[job, first, job_mesh, first_mesh])
     return demo

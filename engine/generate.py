@@ -3,7 +3,8 @@
     python -m engine.generate --prompt "a red chair" --seed 0 --out DIR
 
 writes DIR/asset.ply, DIR/turntable.mp4 (RGB | normals), DIR/views.png, DIR/normals.png and
-DIR/generation.json (every setting, so the asset can be made again).
+DIR/generation.json (every setting, so the asset can be made again); with --mesh also DIR/asset.glb,
+a coloured triangle mesh of the splat (engine.mesh).
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--frames", type=int, default=48)
     p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--mesh", action="store_true", help="also write asset.glb, a coloured mesh of the splat")
     args = p.parse_args(argv)
     try:
         prompt = validate_prompt(args.prompt)
@@ -181,6 +183,13 @@ def main(argv=None) -> None:
     settings = GenerationSettings(prompt, args.seed, args.steps, args.guidance or model.guidance_default, args.scheduler, args.model,
                                   args.weights, args.dtype, lora=args.lora)
     (args.out / "generation.json").write_text(json.dumps(asdict(settings) | {"seconds": round(result.seconds, 3)}, indent=2))
+    if args.mesh:
+        from .mesh import save_mesh, splat_to_mesh
+
+        try:
+            files["glb"] = save_mesh(splat_to_mesh(visible(result.gaussians[0:1])).mesh, args.out / "asset.glb")
+        except ValueError as err:
+            p.exit(2, f"error: no mesh: {err}\n")
     print(json.dumps({k: str(v) for k, v in files.items()} | {"seconds": round(result.seconds, 3)}))
 
 

@@ -96,6 +96,34 @@ def test_generate_tab_warns_outside_the_world(client):
     assert "knows 24 object kinds" in info
 
 
+def test_mesh_step_turns_the_shown_splat_into_a_glb(client, tmp_path):
+    import trimesh
+    from gradio_client import handle_file
+
+    from engine.export import save_splat_file
+    from tests.test_mesh import surfel_sphere
+
+    path = save_splat_file(surfel_sphere(1000), tmp_path / "ball.ply")
+    preview, download, info = client.predict(handle_file(str(path)), api_name="/mesh")
+    mesh = trimesh.load(download, force="mesh")
+    assert preview.endswith("ball.glb") and len(mesh.faces) > 1000 and mesh.visual.kind == "vertex"
+    assert f"{len(mesh.faces):,} faces" in info and "watertight" in info
+
+
+def test_mesh_step_explains_a_splat_without_a_surface(client, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    from engine.export import save_splat_file
+    from engine.gaussians import Gaussians
+    from tests.test_mesh import surfel_sphere
+
+    g = surfel_sphere(300)
+    faint = save_splat_file(Gaussians(**(g.fields() | {"opacities": g.opacities * 0.02})), tmp_path / "faint.ply")
+    with pytest.raises(AppError, match="No mesh: .*too transparent"):
+        client.predict(handle_file(str(faint)), api_name="/mesh")
+
+
 @pytest.fixture(scope="module")
 def diffsplat_client(tmp_path_factory):
     """The studio started with a (tiny, random) DiffSplat download folder, as `python app.py --diffsplat DIR`."""
