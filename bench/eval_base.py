@@ -14,9 +14,9 @@ are listed under "models", in the order given.
 Keys per model: category_accuracy, colour_accuracy, r_precision (own prompt ranked first among the
 file's prompts), kid (samples vs ground truth, evaluator features), dnc (depth-normal consistency of
 sample renders), diversity (mean pairwise distance of the unit evaluator features of one view across the
-seeds of a prompt) with diversity_ratio (diversity / the ground truth's), autoencoder_psnr (renders of
-autoencoded ground-truth splatter images vs renders of the ground-truth splats: the autoencoder alone,
-no diffusion), seconds_per_asset (prompt -> Gaussians, batch 1, median), render_seconds (4 views at 256
+seeds of a prompt) with diversity_ratio (diversity / the ground truth's), autoencoder_psnr and
+autoencoder_dnc (renders of autoencoded ground-truth splatter images vs renders of the ground-truth
+splats, and their DNC: the autoencoder alone, no diffusion), seconds_per_asset (prompt -> Gaussians, batch 1, median), render_seconds (4 views at 256
 px of the visible Gaussians, as the studio renders them; render_seconds_all_gaussians: all 16,384),
 plus per-split figures ("seen" / "held_out" category-colour pairs). Shared ground-truth keys:
 kid_reference (two independent ground-truth draws: the floor), dnc_ground_truth, diversity_ground_truth,
@@ -84,6 +84,11 @@ def asset_embeds(ev, views: torch.Tensor) -> torch.Tensor:
     return unit(ev.image_embeds(views.flatten(0, 1)).reshape(*views.shape[:2], -1).mean(1))
 
 
+def mean_dnc(outs, cams) -> float:
+    """Mean depth-normal consistency of single-asset renders."""
+    return statistics.mean(float(depth_normal_consistency(o.depth[0], o.normal[0], o.alpha[0], cams).mean()) for o in outs)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / (a - b).pow(2).mean().clamp_min(1e-10)))
 
@@ -108,7 +113,7 @@ class GroundTruth:
             self.maps = torch.stack([splatter_maps(Scene.pack(build(gt_spec(s, EVAL_SEED_BASE + i))), model_views(), 64)
                                      for i, s in enumerate(specs[:REFERENCE_OBJECTS])])
             self.renders = [render(decode_splatter(m[None], model_views()), cams, 128) for m in self.maps]
-        self.dnc = statistics.mean(float(depth_normal_consistency(o.depth[0], o.normal[0], o.alpha[0], cams).mean()) for o in self.renders)
+        self.dnc = mean_dnc(self.renders, cams)
         self.diversity = diversity(self.feats)
         self.kid_reference = kid(unit(self.feats2.flatten(0, 2)), unit(self.feats.flatten(0, 2)))
 
@@ -122,13 +127,15 @@ class GroundTruth:
         }
 
 
-def autoencoder_psnr(model, gt: GroundTruth) -> float:
-    """Mean PSNR of renders of autoencoded ground-truth splatter images against renders of the originals."""
-    ae = model.autoencoder
+def autoencoder_figures(model, gt: GroundTruth) -> tuple[float, float]:
+    """The autoencoder alone on ground-truth splatter images: mean PSNR of the renders of its reconstructions
+    against renders of the originals, and their depth-normal consistency (what the decoder caps DNC at)."""
+    ae, cams = model.autoencoder, gt.cams
     with torch.no_grad():
         maps = ae.decode(ae.encode(gt.maps.flatten(0, 1))[0]).reshape(gt.maps.shape)
-        return statistics.mean(psnr(render(decode_splatter(m[None], model_views()), gt.cams, 128).rgb, ref.rgb)
-                               for m, ref in zip(maps, gt.renders))
+        outs = [render(decode_splatter(m[None], model_views()), cams, 128) for m in maps]
+    return (statistics.mean(psnr(o.rgb, ref.rgb) for o, ref in zip(outs, gt.renders)),
+            mean_dnc(outs, cams))
 
 
 def evaluate(model, prompts, specs, ev, gt: GroundTruth, *, steps: int, guidance: float | None, timing: int, sheet=None) -> dict:
@@ -172,12 +179,13 @@ def evaluate(model, prompts, specs, ev, gt: GroundTruth, *, steps: int, guidance
     feats = torch.stack(feats)
     k_mean, k_std = kid(unit(feats.flatten(0, 2)), unit(gt.feats.flatten(0, 2)))
     div = diversity(feats)
+    ae_psnr, ae_dnc = autoencoder_figures(model, gt)
     result = {
         "guidance": guidance or model.guidance_default, "steps": steps, "prompts": len(prompts), "seeds": len(seeds), "assets": len(rows),
         "category_accuracy": rate("category_ok"), "colour_accuracy": rate("colour_ok"), "r_precision": rate("rank_ok"),
         "kid": round(k_mean, 5), "kid_std": round(k_std, 5), "dnc": round(statistics.mean(r["dnc"] for r in rows), 4),
         "diversity": round(div, 4), "diversity_ratio": round(div / gt.diversity, 3),
-        "autoencoder_psnr": round(autoencoder_psnr(model, gt), 2),
+        "autoencoder_psnr": round(ae_psnr, 2), "autoencoder_dnc": round(ae_dnc, 4),
         "seconds_per_asset": round(statistics.median(times), 3) if times else None,
         "render_seconds": round(statistics.median(render_times), 3) if times else None,
         "render_seconds_all_gaussians": round(statistics.median(render_all_times), 3) if times else None,

@@ -139,4 +139,4 @@ def test_eval_base_compares_two_checkpoints_with_one_judge(first_run, tmp_path, 
     assert result["evaluator"].endswith("evaluator") and result["diversity_ground_truth"] > 0
     a, b = result["models"]
     assert a == b and a["checkpoint"] == out  # the same folder twice: the same figures, judged the same way
-    assert {"category_accuracy", "diversity", "diversity_ratio", "autoencoder_psnr", "dnc"} <= a.keys()
+    assert {"category_accuracy", "diversity", "diversity_ratio", "autoencoder_psnr", "autoencoder_dnc", "dnc"} <= a.keys()
