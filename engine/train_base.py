@@ -75,11 +75,11 @@ PRESETS: dict[str, dict] = {
     "v1": {},
     "v2": dict(
         ae_steps=3000, ae_channel_weights=(1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1.5, 2.0), ae_normal_weight=1.0,
-        diffusion_steps=9000, warmup_steps=500, ema_decay=0.999, cache_text=True,
+        diffusion_steps=9000, warmup_steps=500, ema_decay=0.999, cache_text=True, checkpoint_every=50,
     ),
 }
-# Fields that do not change the training state: a work folder may be exported with other values.
-EXPORT_ONLY = ("guidance_default",)
+# Fields that do not change the weights: a work folder may be resumed or exported with other values.
+NOT_TRAINING = ("guidance_default", "checkpoint_every")
 
 
 AE_CHANNELS = "rgb 3 | scale 3 | rotation 4 (w first) | opacity 1 | depth 1"
@@ -389,7 +389,7 @@ def _same_training(saved: dict, cfg: TrainBaseConfig) -> bool:
     """Whether a work folder's config trains what ``cfg`` trains (fields added later count at their defaults)."""
     now = json.loads(json.dumps(asdict(cfg)))
     old = json.loads(json.dumps(asdict(TrainBaseConfig()))) | saved
-    return all(old.get(k) == v for k, v in now.items() if k not in EXPORT_ONLY)
+    return all(old.get(k) == v for k, v in now.items() if k not in NOT_TRAINING)
 
 
 def main(argv=None) -> None:
