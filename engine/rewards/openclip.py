@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 CONFIG_FILE = "open_clip_config.json"
-# checkpoint entries that older open_clip versions saved and the current model does not hold
-_IGNORED_KEYS = ("attn_mask", "logit_bias", "position_ids")
+# entries some open_clip checkpoints carry that the model may not hold (an old saved causal mask, a logit bias)
+_IGNORED_KEYS = ("attn_mask", "logit_bias")
 
 
 def model_source(weights: Path, model_name: str) -> str:
