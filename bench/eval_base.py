@@ -26,7 +26,6 @@ evaluator_on_ground_truth.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import statistics
@@ -38,23 +37,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from engine.cameras import orbit_cameras  # noqa: E402
+from engine.cameras import evaluation_views  # noqa: E402
 from engine.data.primitives import Scene  # noqa: E402
 from engine.data.raycast import raycast_views, splatter_maps  # noqa: E402
 from engine.data.world import HELD_OUT, ObjectSpec, build, parse  # noqa: E402
 from engine.evaluator import DEFAULT_EVALUATOR, load_evaluator  # noqa: E402
 from engine.generate import generate, load_model, model_views, visible  # noqa: E402
-from engine.metrics import depth_normal_consistency, kid  # noqa: E402
+from engine.metrics import depth_normal_consistency, diversity, kid  # noqa: E402
 from engine.render import render  # noqa: E402
 from engine.splatter import decode_splatter  # noqa: E402
 
 EVAL_SEED_BASE = 2_000_000
 REFERENCE_OBJECTS = 8  # ground-truth splats for the DNC and autoencoder figures
-
-
-def eval_cameras():
-    az = torch.tensor([45.0, 135.0, 225.0, 315.0])
-    return orbit_cameras(torch.full_like(az, 15.0), az)
 
 
 def ground_truth_images(spec: ObjectSpec, cams, res: int) -> torch.Tensor:
@@ -67,21 +61,6 @@ def gt_spec(spec: ObjectSpec, seed: int) -> ObjectSpec:
 
 def unit(feats: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(feats, dim=-1)
-
-
-def diversity(feats: torch.Tensor) -> float:
-    """feats [P, S, V, C] (prompts, seeds, views): mean L2 distance between the unit features of the same view
-    of two seeds of one prompt, over all seed pairs, views and prompts (0: identical assets; at most 2)."""
-    f = unit(feats)
-    pairs = list(itertools.combinations(range(f.shape[1]), 2))
-    if not pairs:
-        raise ValueError("Diversity needs at least 2 seeds per prompt.")
-    return float(torch.stack([(f[:, a] - f[:, b]).norm(dim=-1).mean() for a, b in pairs]).mean())
-
-
-def asset_embeds(ev, views: torch.Tensor) -> torch.Tensor:
-    """[B, V, 3, H, W] -> [B, D]: the unit mean of the view embeddings, how an asset is judged."""
-    return unit(ev.image_embeds(views.flatten(0, 1)).reshape(*views.shape[:2], -1).mean(1))
 
 
 def mean_dnc(outs, cams) -> float:
@@ -105,7 +84,7 @@ class GroundTruth:
                 gts2 = torch.cat([ground_truth_images(gt_spec(spec, EVAL_SEED_BASE + 500_000 + 97 * i + k), cams, 64) for k in range(seeds)])
                 feats.append(ev.features(gts).reshape(seeds, len(cams), -1))
                 feats2.append(ev.features(gts2).reshape(seeds, len(cams), -1))
-                cats = ev.classify_embeds(asset_embeds(ev, gts.reshape(seeds, len(cams), *gts.shape[1:])))
+                cats = ev.classify_embeds(ev.asset_embeds(gts.reshape(seeds, len(cams), *gts.shape[1:])))
                 self.category_ok += [c == spec.category for c in cats["category"]]
                 self.colour_ok += [c == spec.color for c in cats["color"]]
             self.feats, self.feats2 = torch.stack(feats), torch.stack(feats2)  # [P, S, V, C]
@@ -150,7 +129,7 @@ def evaluate(model, prompts, specs, ev, gt: GroundTruth, *, steps: int, guidance
             dnc = depth_normal_consistency(out.depth.flatten(0, 1), out.normal.flatten(0, 1), out.alpha.flatten(0, 1),
                                            cams.__class__(cams.c2w.repeat(len(seeds), 1, 1), cams.intrinsics.repeat(len(seeds), 1)))
             feats.append(ev.features(imgs).reshape(len(seeds), len(cams), -1))
-            emb = asset_embeds(ev, imgs.reshape(len(seeds), len(cams), *imgs.shape[1:]))
+            emb = ev.asset_embeds(imgs.reshape(len(seeds), len(cams), *imgs.shape[1:]))
             cats = ev.classify_embeds(emb)
             rank = (emb @ prompt_text.T).argmax(-1)
         split = "held_out" if (spec.category, spec.color) in HELD_OUT else "seen"
@@ -224,7 +203,7 @@ def main(argv=None) -> None:
         first = Path(checkpoints[0]) / "evaluator" if checkpoints[0] else None
         evaluator = first if first is not None and (first / "config.json").exists() else DEFAULT_EVALUATOR
     ev = load_evaluator(evaluator)
-    gt = GroundTruth(prompts, specs, ev, eval_cameras(), args.seeds)
+    gt = GroundTruth(prompts, specs, ev, evaluation_views(), args.seeds)
 
     runs = []
     for n, ckpt in enumerate(checkpoints):
