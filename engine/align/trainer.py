@@ -99,6 +99,14 @@ class World:
                 dist.all_reduce(t)
                 t.div_(self.size)
 
+    def mean_metrics(self, metrics: dict, keys: list[str]) -> dict:
+        """``keys`` of this process's metrics averaged over processes (the others are global already)."""
+        if self.size > 1:
+            t = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+            dist.all_reduce(t)
+            metrics.update(zip(keys, (t / self.size).tolist()))
+        return metrics
+
     def any(self, flag: bool) -> bool:
         if self.size == 1:
             return flag
@@ -219,15 +227,18 @@ class Trainer:
         rollout = self.rollout(step)
         t_sample = time.perf_counter() - t0
         self.optimizer.zero_grad(set_to_none=True)
-        total, rows = 0.0, []
+        total, rows, bad = 0.0, [], None
         for loss, info in self.method.losses(rollout, step):
             if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"The {cfg.method} loss became {loss.item()} at step {step + 1} ({info}); the last good checkpoint "
-                    f"in {self.out / 'checkpoint'} is kept. Lower lr or the method's scale (e.g. nabla.beta) and resume.")
+                bad = f"{loss.item()} ({info})"
+                break
             loss.backward()
             total += loss.item()
             rows.append(info)
+        if self.world.any(bad is not None):  # every process stops together
+            raise TrainingError(
+                f"The {cfg.method} loss became {bad or 'non-finite on another process'} at step {step + 1}; the last good "
+                f"checkpoint in {self.out / 'checkpoint'} is kept. Lower lr or the method's scale (e.g. nabla.beta) and resume.")
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()]
         self.world.mean_(grads)
         for p, g in zip(self.params.values(), grads):
@@ -256,7 +267,7 @@ class Trainer:
         }
         for key in (rows[0] if rows else {}):
             metrics[key] = sum(r[key] for r in rows) / len(rows)
-        return metrics
+        return self.world.mean_metrics(metrics, ["loss", *(rows[0] if rows else {})])
 
     def batch_prompts(self, step: int) -> tuple[list[str], list[int]]:
         """This process's prompts and global sample indices for ``step`` (groups of one prompt for

@@ -16,8 +16,12 @@ from __future__ import annotations
 
 import torch
 
+from ...models.base import Condition
 from ..rollout import Rollout, _bc, alpha_bar, stratified_steps
+from ...sampling import Trajectory
 from .base import Method
+
+_TRAJ = ("latents", "next_latents", "timesteps", "model_outputs", "means", "stds")
 
 
 class NablaR2D3(Method):
@@ -107,3 +111,22 @@ class NablaR2D3(Method):
                 w = torch.where(w <= 0.05, torch.zeros_like(w), w)
             g = g * _bc(w if cfg.adaptive_scaling == "squared" else w.sqrt(), g)
         return g, {"lookahead_reward": total.mean().item(), "reward_grad_norm": g.flatten(1).norm(dim=1).mean().item()}
+
+    def state(self):
+        """The lagged round's samples, so that a resumed lagged run trains on them as an uninterrupted one."""
+        d = self.previous
+        if d is None:
+            return {}, {}
+        tensors = {f"traj.{k}": getattr(d.trajectory, k) for k in _TRAJ}
+        tensors |= {"cond.embeds": d.cond.embeds, "cond.mask": d.cond.mask, "uncond.embeds": d.uncond.embeds,
+                    "uncond.mask": d.uncond.mask, "rewards": d.rewards}
+        return {"prompts": d.prompts, "indices": d.indices, "guidance": d.guidance,
+                "traj": {"guidance": d.trajectory.guidance, "scheduler": d.trajectory.scheduler}}, tensors
+
+    def load_state(self, meta, tensors):
+        if not meta:
+            return
+        traj = Trajectory(**{k: tensors[f"traj.{k}"] for k in _TRAJ}, **meta["traj"])
+        self.previous = Rollout(meta["prompts"], Condition(tensors["cond.embeds"], tensors["cond.mask"]),
+                                Condition(tensors["uncond.embeds"], tensors["uncond.mask"]), traj, tensors["rewards"],
+                                {}, meta["indices"], meta["guidance"])
