@@ -112,6 +112,22 @@ def test_command_prints_json_and_writes_csv(runs, tmp_path, capsys):
     assert [p.name for p in out.parent.iterdir()] == ["eval.csv"]  # no temporary file left behind
 
 
+def test_the_trainer_appends_base_and_run_rows_to_eval_csv(runs, tmp_path):
+    from engine.align.trainer import Trainer
+
+    prompts = tmp_path / "held_out.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    config = RunConfig(method="refl", reward="geometry", weights=str(runs["run_a"].parent / "base0"), steps=1, batch_size=2,
+                       sampler_steps=4, render_resolution=24, sample_every=0, checkpoint_every=0, eval_every=1,
+                       eval_prompts=str(prompts), eval_seeds=2)
+    for _ in Trainer(config, tmp_path / "run").run():
+        pass
+    table = pd.read_csv(tmp_path / "run" / "eval.csv")
+    assert list(table.columns) == ["step", "label"] + METRICS
+    assert table["step"].tolist() == [0, 1] and table["label"].tolist() == ["base", "run"]
+    assert table["assets"].tolist() == [4, 4]
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist"),
     ("no_adapter", "has no adapter/"),
