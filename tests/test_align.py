@@ -297,3 +297,21 @@ def test_two_gloo_processes_equal_one_with_the_same_global_batch(tmp_path, weigh
         for key in ("reward_mean", "reward_std", "loss", "grad_norm"):
             # equal up to float round-off of other batch shapes, which the second step's sampling amplifies
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-2, abs=1e-6), key
+
+
+@pytest.mark.parametrize("method", ["nabla-r2d3", "grpo"])
+def test_diffsplat_trains_through_the_same_trainer_with_a_bf16_denoiser(tmp_path, method):
+    from tests.diffsplat_fixtures import make_pas_release, make_text_encoder
+    from engine.generate import load_model
+
+    make_pas_release(tmp_path / "release")
+    make_text_encoder(tmp_path / "t5", "t5")
+    model = load_model("diffsplat-pas", tmp_path / "release", text_encoder=tmp_path / "t5", dtype="bf16", device="cpu")
+    cfg = config(method, "model=diffsplat-pas", f"weights={tmp_path / 'release'}", "dtype=bf16", "sampler_steps=4")
+    t = Trainer(cfg, tmp_path / "run", model=model, reward=Brightness())
+    before = {n: p.detach().clone() for n, p in t.params.items()}
+    rows = list(t.run())
+    assert all(p.dtype == torch.float32 for p in t.params.values())
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert any(not torch.equal(p, before[n]) for n, p in t.params.items())
+    assert lora.read_adapter_info(tmp_path / "run" / "adapter")["base_model"] == model.name
