@@ -138,8 +138,9 @@ class Trainer:
         self.reward = reward.freeze() if reward is not None else self._build_reward()
         self.model = model if model is not None else load_model(config.model, config.weights, dtype=config.dtype, device=config.device)
         self.model.eval().requires_grad_(False)
-        torch.manual_seed(seeded(config.seed, "lora-init").initial_seed())
-        params = lora.add_lora(self.model, rank=config.lora_rank, alpha=config.lora_alpha)
+        with torch.random.fork_rng(devices=[]):  # the adapter's init depends on the run seed only
+            torch.manual_seed(seeded(config.seed, "lora-init").initial_seed())
+            params = lora.add_lora(self.model, rank=config.lora_rank, alpha=config.lora_alpha)
         names = [n for n, _ in _named(self.model, params)]
         self.params = dict(zip(names, params))
         self.guidance = config.guidance if config.guidance is not None else self.model.guidance_default
