@@ -8,6 +8,10 @@ marching cubes (scikit-image) on it. Pixels the splat does not cover carve free 
 result is closed (watertight) wherever the object is; voxels no view sees stay inside. Then: small
 disconnected pieces (floaters) are dropped, the mesh is simplified to at most ``max_faces`` faces
 (quadric decimation), and each vertex takes the colour the renders show there.
+
+The views keep to a band of elevations around the generation views (-10 to 20 degrees; DiffSplat's
+4 views are at 10): splats made from 4 side views have sparse tops and open bottoms, and views from
+high above or below would look through them into the object and carve it hollow.
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .cameras import DIFFSPLAT_FOCAL, Cameras, orbit_c2w
+from .export import _atomic_write
 from .gaussians import Gaussians
 from .render import render
 from .render.projection import ALPHA_MIN
@@ -41,7 +45,7 @@ class MeshSettings:
 
     resolution: voxels along the longest side of the object's bounding box.
     views: depth renders fused into the distance field.
-    image_size: pixels of each render (None: 1.5 x resolution, so a pixel is about 0.7 voxel).
+    image_size: pixels of each render (None: as many as voxels, so a pixel is about one voxel).
     elevations: lowest and highest view elevation in degrees (views spread evenly over that band).
     alpha_threshold: pixels at least this opaque are surface, the rest free space.
     truncation: the TSDF's truncation distance, in voxels.
@@ -55,7 +59,7 @@ class MeshSettings:
     resolution: int = 128
     views: int = 36
     image_size: int | None = None
-    elevations: tuple[float, float] = (-30.0, 75.0)
+    elevations: tuple[float, float] = (-10.0, 20.0)
     alpha_threshold: float = 0.5
     truncation: float = 3.0
     min_piece: float = 0.02
@@ -81,7 +85,7 @@ class MeshSettings:
 
     @property
     def pixels(self) -> int:
-        return self.image_size or min(2048, math.ceil(1.5 * self.resolution))
+        return self.image_size or self.resolution
 
 
 @dataclass
@@ -152,7 +156,7 @@ class _Views:
     intrinsics: np.ndarray  # [V, 4] normalised fx, fy, cx, cy
     size: int
     color: np.ndarray  # [V, H * W, 3] un-premultiplied colour
-    depth: np.ndarray  # [V, H * W] camera z of the surface (0 where alpha < threshold)
+    depth: np.ndarray  # [V, H * W] camera z of the surface (0 where alpha < threshold: free space)
 
     def project(self, points: np.ndarray, view: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Camera z, flat pixel index and in-image mask of ``points`` [3, M] in one view."""
@@ -276,15 +280,18 @@ def _vertex_colors(vertices: np.ndarray, normals: np.ndarray, views: _Views, tol
 
 
 def _drop_floaters(mesh, min_piece: float):
-    """The mesh without pieces smaller than ``min_piece`` of the largest one, and how many went."""
-    import trimesh
+    """The mesh without pieces smaller than ``min_piece`` of the largest one, and how many went
+    (connected faces labelled in one pass: marching cubes can leave thousands of specks)."""
+    from trimesh.graph import connected_component_labels
 
-    pieces = mesh.split(only_watertight=False)
-    if len(pieces) <= 1:
+    labels = connected_component_labels(mesh.face_adjacency, node_count=len(mesh.faces))
+    sizes = np.bincount(labels)
+    small = sizes < min_piece * sizes.max()
+    if not small.any():
         return mesh, 0
-    largest = max(len(p.faces) for p in pieces)
-    kept = [p for p in pieces if len(p.faces) >= min_piece * largest]
-    return trimesh.util.concatenate(kept), len(pieces) - len(kept)
+    mesh.update_faces(~small[labels])
+    mesh.remove_unreferenced_vertices()
+    return mesh, int(small.sum())
 
 
 def _simplify(mesh, max_faces: int):
@@ -357,16 +364,7 @@ def save_mesh(mesh, path: str | os.PathLike) -> Path:
         raise ValueError(f"Unknown mesh file type {suffix or '(none)'!r}; use one of {', '.join(MESH_FORMATS)}.")
     if len(mesh.faces) == 0:
         raise ValueError("The mesh has no faces; nothing to write.")
-    data = mesh_bytes(mesh, suffix[1:])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write(path, mesh_bytes(mesh, suffix[1:]))
     return path
 
 

@@ -4,7 +4,6 @@ shows the GLB made from the built-in example (the page renders it on load, then 
 import io
 import os
 
-import numpy as np
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
