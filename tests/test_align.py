@@ -4,6 +4,7 @@ import copy
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -286,7 +287,10 @@ def test_two_gloo_processes_equal_one_with_the_same_global_batch(tmp_path, weigh
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "engine.align", "--out", str(tmp_path / "one"), *args], cwd=ROOT, env=env, check=True,
                    capture_output=True, timeout=300)
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+    with socket.socket() as s:  # a free port: another torchrun on this machine must not collide with ours
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                            "-m", "engine.align", "--out", str(tmp_path / "two"), *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -207,6 +207,9 @@ class RunConfig:
     method: str = "nabla-r2d3"
     reward: str = "geometry"  # any spec the rewards registry accepts: "geometry", "alignment:1,geometry:0.5"
     reward_weights: dict[str, str] = field(default_factory=dict)  # real rewards: name -> local weights path
+    # build options per reward. Geometry trains on its full gradient: with the depth detached (the reference's
+    # pseudo-target, the registry's default) a step along the gradient lowered DNC on the tiny model
+    reward_options: dict[str, dict] = field(default_factory=lambda: {"geometry": {"detach_depth": False}})
     model: str = "tiny"
     weights: str | None = None  # base model folder (default: the shipped checkpoint)
     prompts: str | None = None  # prompt file, one per line (default: assets/prompts/train.txt)

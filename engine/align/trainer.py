@@ -187,7 +187,10 @@ class Trainer:
         missing = [f"{n}: {info[n].detail}" for n in names if not info[n].available]
         if missing:
             raise ValueError(f"Reward {self.config.reward!r} cannot run here: {'; '.join(missing)}.")
-        options = {n: {"weights": w} for n, w in self.config.reward_weights.items() if n in names}
+        options = {n: dict(self.config.reward_options.get(n, {})) for n in names}
+        for n, w in self.config.reward_weights.items():
+            if n in names:
+                options[n]["weights"] = w
         reward = build_ensemble(self.config.reward, options).to(self.config.device)
         return reward.freeze()
 
