@@ -1,0 +1,268 @@
+"""The models the studio can run: the base and every LoRA adapter it knows.
+
+Four sources, scanned on every call (cheap: a few small JSON files), so a run saved a moment ago shows up at
+once in every list:
+
+    base                        the embedded tiny model, no adapter
+    shipped: <reward>/<method>  checkpoints/runs/<reward>/<method>/  (the comparison's runs)
+    run: <name>                 <runs dir>/<name>/adapter            (runs made on this server, or by the CLI)
+    upload: <name>              <uploads dir>/<name>/                (adapters people uploaded)
+
+A label is what the dropdowns show and what the endpoints take. ``Pool`` holds the one loaded base model of
+generation and comparison, with adapters loaded into it once and switched per request under a lock (not one
+model per adapter).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+import shutil
+import threading
+import uuid
+import warnings
+import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.align import lora
+from engine.generate import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_RUNS = ROOT / "checkpoints" / "runs"
+BASE = "base"
+MAX_UPLOAD_BYTES = lora.MAX_ADAPTER_BYTES
+MAX_ZIP_MEMBERS = 16
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One choice: ``adapter`` is None for the base; ``run`` is the run folder (metrics.csv, eval.csv,
+    config.json) when the adapter came from one."""
+
+    label: str
+    kind: str  # base | shipped | run | upload
+    adapter: Path | None = None
+    run: Path | None = None
+    info: dict = field(default_factory=dict, compare=False)
+
+
+def _adapter_entry(label: str, kind: str, adapter: Path, run: Path | None) -> Entry | None:
+    try:
+        info = lora.read_adapter_info(adapter)
+    except (OSError, ValueError):
+        return None  # half-written or foreign folders are not offered
+    return Entry(label, kind, adapter, run, info)
+
+
+class Catalogue:
+    def __init__(self, runs_dir: str | Path, uploads_dir: str | Path | None = None, shipped_dir: str | Path = SHIPPED_RUNS):
+        self.runs_dir = Path(runs_dir)
+        self.uploads_dir = Path(uploads_dir) if uploads_dir else self.runs_dir.parent / "uploads"
+        self.shipped_dir = Path(shipped_dir)
+
+    def entries(self) -> dict[str, Entry]:
+        out = {BASE: Entry(BASE, "base")}
+        if self.shipped_dir.is_dir():
+            for adapter in sorted(self.shipped_dir.glob("*/*/adapter")):
+                run = adapter.parent
+                if e := _adapter_entry(f"shipped: {run.parent.name}/{run.name}", "shipped", adapter, run):
+                    out[e.label] = e
+        if self.runs_dir.is_dir():
+            for adapter in sorted(self.runs_dir.glob("*/adapter")):
+                if e := _adapter_entry(f"run: {adapter.parent.name}", "run", adapter, adapter.parent):
+                    out[e.label] = e
+        if self.uploads_dir.is_dir():
+            for folder in sorted(p for p in self.uploads_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                if e := _adapter_entry(f"upload: {folder.name}", "upload", folder, None):
+                    out[e.label] = e
+        return out
+
+    def choices(self, kinds: tuple[str, ...] = ("base", "shipped", "run", "upload")) -> list[str]:
+        return [label for label, e in self.entries().items() if e.kind in kinds]
+
+    def get(self, label: str | None) -> Entry:
+        label = label or BASE
+        entries = self.entries()
+        if label not in entries:
+            raise ValueError(f"No model or LoRA named {label!r} here; choose one of: {', '.join(entries)}.")
+        return entries[label]
+
+    def runs(self) -> list[Entry]:
+        """Entries with a run folder (curves and evaluation), shipped first."""
+        return [e for e in self.entries().values() if e.run is not None]
+
+    # -- uploads ------------------------------------------------------------------------------------
+    def add_upload(self, files: list[str | Path], name: str | None, pool: "Pool") -> Entry:
+        """Files of one adapter (adapter_config.json + adapter_model.safetensors, optionally
+        r2d3_adapter.json, or one .zip of them) -> a checked adapter under uploads/. It is loaded into the
+        pool's base first (fingerprint, keys, shapes, size, safetensors only) and kept only if that works."""
+        files = [Path(f) for f in files or []]
+        if not files:
+            raise ValueError("No files: upload adapter_config.json and adapter_model.safetensors, or a .zip of them.")
+        name = _upload_name(name or (files[0].stem if len(files) == 1 and files[0].suffix == ".zip" else "adapter"))
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.uploads_dir / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            if len(files) == 1 and files[0].suffix.lower() == ".zip":
+                _unzip_adapter(files[0], tmp)
+            else:
+                _copy_adapter_files(files, tmp)
+            pool.check(tmp)
+            target = self.uploads_dir / name
+            n = 2
+            while target.exists():  # never overwrite an earlier upload
+                target, n = self.uploads_dir / f"{name}-{n}", n + 1
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return self.get(f"upload: {target.name}")
+
+
+ALLOWED_FILES = (lora.CONFIG_FILE, lora.WEIGHTS_FILE, lora.INFO_FILE)
+
+
+def _upload_name(name: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(name)).stem).strip("-.")[:48]
+    return name or "adapter"
+
+
+def _check_member(name: str, size: int, total: int) -> None:
+    base = Path(name).name
+    if base.endswith(lora.PICKLE_SUFFIXES):
+        raise ValueError(f"{base} is a pickle file, which can run code when loaded, so it is refused; "
+                         f"upload the adapter as safetensors ({lora.WEIGHTS_FILE}).")
+    if base not in ALLOWED_FILES:
+        raise ValueError(f"{base} is not part of a peft adapter; upload {lora.CONFIG_FILE} and {lora.WEIGHTS_FILE} "
+                         f"(and optionally {lora.INFO_FILE}), or a .zip holding just them.")
+    if size > MAX_UPLOAD_BYTES or total > MAX_UPLOAD_BYTES + 2**20:
+        raise ValueError(f"{base} is {size / 2**20:.0f} MB, over the {MAX_UPLOAD_BYTES / 2**20:.0f} MB limit for an adapter.")
+
+
+def _copy_adapter_files(files: list[Path], out: Path) -> None:
+    total = 0
+    for f in files:
+        size = f.stat().st_size
+        total += size
+        _check_member(f.name, size, total)
+        shutil.copyfile(f, out / f.name)
+
+
+def _unzip_adapter(path: Path, out: Path) -> None:
+    """Only the adapter's files are taken, by base name (no paths from the archive are used), with sizes
+    checked from the directory before anything is extracted."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"{path.name} is not a readable .zip ({err}).") from err
+    with archive:
+        members = [m for m in archive.infolist() if not m.is_dir() and not Path(m.filename).name.startswith(".")
+                   and "__MACOSX" not in m.filename]
+        if len(members) > MAX_ZIP_MEMBERS:
+            raise ValueError(f"{path.name} holds {len(members)} files; an adapter zip holds at most {len(ALLOWED_FILES)}.")
+        total, seen = 0, set()
+        for m in members:
+            total += m.file_size
+            _check_member(m.filename, m.file_size, total)
+            if Path(m.filename).name in seen:
+                raise ValueError(f"{path.name} holds two {Path(m.filename).name}: zip one adapter at a time.")
+            seen.add(Path(m.filename).name)
+        for m in members:
+            with archive.open(m) as src, (out / Path(m.filename).name).open("wb") as dst:
+                shutil.copyfileobj(src, dst, 2**20)
+
+
+def zip_adapter(entry: Entry, out_dir: Path) -> Path:
+    """The entry's adapter folder as a .zip (for download), flat, as add_upload takes it back."""
+    if entry.adapter is None:
+        raise ValueError("The base model has no adapter to download.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{_upload_name(entry.label.split(': ', 1)[-1].replace('/', '-'))}-lora.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in ALLOWED_FILES:
+            if (entry.adapter / name).is_file():
+                z.write(entry.adapter / name, name)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ the pool
+
+class Pool:
+    """One loaded base model for generation and comparison; adapters are loaded into it once each (keyed by
+    folder and file time, so a run that saved newer weights is reloaded) and switched under a lock."""
+
+    def __init__(self, loader=functools.partial(load_model, "tiny")):
+        self._loader = loader
+        self._model = None
+        self._loaded: dict[Path, tuple[str, float]] = {}
+        self.lock = threading.RLock()
+
+    @property
+    def model(self):
+        with self.lock:
+            if self._model is None:
+                self._model = self._loader().eval().requires_grad_(False)
+            return self._model
+
+    def check(self, folder: Path) -> None:
+        """Loads ``folder`` under a throw-away name and removes it: every check of lora.load_adapter."""
+        with self.lock:
+            model = self.model
+            previous = lora.active_adapter(model)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                name = lora.load_adapter(model, folder, f"check_{uuid.uuid4().hex[:8]}", activate=False)
+            lora.remove_adapter(model, name)
+            lora.use_adapter(model, previous)
+
+    @contextmanager
+    def using(self, entry: Entry):
+        """The base model with ``entry``'s adapter active (or none) for the block, holding the lock."""
+        with self.lock:
+            model = self.model
+            if entry.adapter is None:
+                lora.use_adapter(model, None)
+            else:
+                lora.use_adapter(model, self._load(entry.adapter))
+            try:
+                yield model
+            finally:
+                lora.use_adapter(model, None)
+
+    def _load(self, folder: Path) -> str:
+        stamp = (folder / lora.WEIGHTS_FILE).stat().st_mtime
+        known = self._loaded.get(folder)
+        if known and known[1] == stamp:
+            return known[0]
+        if known:
+            lora.remove_adapter(self.model, known[0])
+        name = "a" + hashlib.sha1(f"{folder}:{stamp}".encode()).hexdigest()[:12]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # plain peft adapters warn that their base is unknown
+            lora.load_adapter(self.model, folder, name, activate=False)
+        self._loaded[folder] = (name, stamp)
+        return name
+
+
+# ------------------------------------------------------------------------------- the server's instances
+
+_catalogue = Catalogue(Path("outputs") / "runs")
+_pool = Pool()
+
+
+def set_runs_dir(runs_dir: str | Path, uploads_dir: str | Path | None = None) -> Catalogue:
+    """Where this server keeps its runs (``--runs-dir``) and uploads (default: beside the runs)."""
+    global _catalogue
+    _catalogue = Catalogue(runs_dir, uploads_dir)
+    return _catalogue
+
+
+def catalogue() -> Catalogue:
+    return _catalogue
+
+
+def pool() -> Pool:
+    return _pool
