@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from engine.align import lora
 from engine.generate import load_model
 
@@ -194,8 +196,9 @@ class Pool:
     """One loaded base model for generation and comparison; adapters are loaded into it once each (keyed by
     folder and file time, so a run that saved newer weights is reloaded) and switched under a lock."""
 
-    def __init__(self, loader=functools.partial(load_model, "tiny")):
-        self._loader = loader
+    def __init__(self, device: str | None = None, loader=None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # the studio uses a GPU when there is one
+        self._loader = loader or functools.partial(load_model, "tiny", device=self.device)
         self._model = None
         self._loaded: dict[Path, tuple[str, float]] = {}
         self.lock = threading.RLock()
@@ -258,6 +261,13 @@ def set_runs_dir(runs_dir: str | Path, uploads_dir: str | Path | None = None) ->
     global _catalogue
     _catalogue = Catalogue(runs_dir, uploads_dir)
     return _catalogue
+
+
+def set_device(device: str | None) -> Pool:
+    """The device of the studio's tiny model (``--device``; default: cuda when available). Drops the loaded one."""
+    global _pool
+    _pool = Pool(device)
+    return _pool
 
 
 def catalogue() -> Catalogue:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +11,9 @@ import gradio as gr
 
 from engine.generate import generate, load_model, prompt_notice, validate_prompt, write_asset
 from engine.models.tiny import DEFAULT_CHECKPOINT
+
+from .catalogue import BASE, catalogue, pool, set_device, zip_adapter
+from .sessions import session_dir
 
 EXAMPLES = [
     ["a red chair", 0], ["a blue car", 1], ["a red mushroom with a white stem", 2], ["a green tree", 3],
@@ -37,7 +39,8 @@ SOURCES = ModelSources()
 def configure(sources: ModelSources) -> None:
     global SOURCES
     SOURCES = sources
-    _model.cache_clear()
+    _diffsplat.cache_clear()
+    set_device(sources.device)
 
 
 def available_models() -> dict[str, str]:
@@ -75,19 +78,41 @@ def default_guidance(name: str = "tiny") -> float:
         return 4.5
 
 
-@functools.lru_cache(maxsize=1)  # one model in memory at a time: switching frees the previous one
-def _model(name: str = "tiny"):
-    if name == "tiny":
-        return load_model("tiny")
+@functools.lru_cache(maxsize=1)  # one DiffSplat model in memory at a time: switching frees the previous one
+def _diffsplat(name: str):
     return load_model(name, SOURCES.diffsplat, text_encoder=SOURCES.text_encoders.get(name),
                       prompt_cache=SOURCES.prompt_caches.get(name), dtype=SOURCES.dtype, device=SOURCES.device)
 
 
-def on_model_change(name: str):
-    return gr.update(value=default_guidance(name))
+def lora_choices(model_name: str = "tiny") -> list[str]:
+    """Adapters for ``model_name``: those saved for it, and plain peft adapters (their base is checked on load)."""
+    return [e.label for e in catalogue().entries().values()
+            if e.adapter is None or e.info.get("base_model") in (model_name, None)]
 
 
-def run_generate(prompt, seed, steps, guidance, frames, model_name="tiny", progress=gr.Progress()):
+def refresh_loras(model_name: str, current: str | None):
+    choices = lora_choices(model_name or "tiny")
+    return gr.update(choices=choices, value=current if current in choices else BASE)
+
+
+def on_model_change(name: str, current: str | None = None):
+    return gr.update(value=default_guidance(name)), refresh_loras(name, current)
+
+
+def _lora_entry(label: str | None, model_name: str):
+    try:
+        entry = catalogue().get(label)
+    except ValueError as err:
+        raise gr.Error(str(err)) from err
+    if entry.adapter is not None and label not in lora_choices(model_name):
+        raise gr.Error(f"{label} was trained on {entry.info.get('base_model')!r}, not on {model_name!r}: pick the model it was made for.")
+    if entry.adapter is not None and model_name != "tiny":
+        raise gr.Error(f"LoRAs run on the embedded tiny model in the studio; {model_name} runs without one (choose 'base').")
+    return entry
+
+
+def run_generate(prompt, seed, steps, guidance, frames, model_name="tiny", lora=BASE, request: gr.Request = None,
+                 progress=gr.Progress()):
     model_name = model_name or "tiny"
     try:
         prompt = validate_prompt(prompt)
@@ -95,26 +120,53 @@ def run_generate(prompt, seed, steps, guidance, frames, model_name="tiny", progr
         raise gr.Error(str(err)) from err
     if model_name not in model_choices():
         raise gr.Error(f"The model {model_name!r} is not available here: {available_models().get(model_name, 'unknown model')}")
-    progress(0, desc=f"Loading {model_name}")
-    try:
-        model = _model(model_name)
-    except (FileNotFoundError, ValueError) as err:
-        raise gr.Error(f"The model could not be loaded: {err}") from err
+    entry = _lora_entry(lora, model_name)
     steps = int(steps)
 
     def on_step(i, n):
         progress(0.05 + 0.45 * i / n, desc=f"Denoising step {i}/{n}")
 
-    result = generate(model, [prompt], [int(seed)], steps=steps, guidance=float(guidance), callback=on_step)
-    out_dir = Path(tempfile.mkdtemp(prefix="r2d3_gen_"))
+    progress(0, desc=f"Loading {model_name}" + (f" with {entry.label}" if entry.adapter else ""))
+    try:
+        if model_name == "tiny":
+            with pool().using(entry) as model:  # the shared base, this request's adapter switched in
+                result = generate(model, [prompt], [int(seed)], steps=steps, guidance=float(guidance), callback=on_step)
+        else:
+            result = generate(_diffsplat(model_name), [prompt], [int(seed)], steps=steps, guidance=float(guidance), callback=on_step)
+    except (FileNotFoundError, ValueError) as err:
+        raise gr.Error(f"The model could not be loaded: {err}") from err
+    out_dir = session_dir(request, "generate")
 
     def on_frame(done, total):
         progress(0.55 + 0.4 * done / total, desc=f"Turntable frame {done}/{total}")
 
     files = write_asset(result.gaussians[0:1], out_dir, frames=int(frames), progress=on_frame)
-    info = (f"**{prompt}** (seed {int(seed)}, {model_name}): sampled in {result.seconds:.2f} s, {steps} steps, "
+    name = model_name + (f" + {entry.label}" if entry.adapter else "")
+    info = (f"**{prompt}** (seed {int(seed)}, {name}): sampled in {result.seconds:.2f} s, {steps} steps, "
             f"guidance {float(guidance):g}.")
     if model_name == "tiny" and (note := prompt_notice(prompt)):
         info += f"\n\n⚠️ {note}"
     ply = str(files["ply"])
     return ply, str(files["turntable"]), str(files["views"]), str(files["normals"]), ply, info
+
+
+def upload_lora(files, name, model_name="tiny"):
+    """Uploaded adapter files (or one .zip) -> a checked adapter in the catalogue, selected in the LoRA list."""
+    paths = [getattr(f, "name", f) for f in (files if isinstance(files, list) else [files] if files else [])]
+    try:
+        entry = catalogue().add_upload(paths, name or None, pool())
+    except (OSError, ValueError) as err:
+        raise gr.Error(f"The adapter was not added: {err}") from err
+    info = entry.info
+    msg = (f"Added **{entry.label}**: rank {info.get('rank')}, {info.get('bytes', 0) / 2**20:.1f} MB"
+           + (f", trained with {info['method']} on {info['reward']} for {info['step']} steps" if info.get("method") else "")
+           + (". It has no r2d3_adapter.json, so its base is unknown; its shapes fit the tiny model." if not info.get("base_fingerprint") else "."))
+    return msg, gr.update(choices=lora_choices(model_name or "tiny"), value=entry.label)
+
+
+def download_lora(label, request: gr.Request = None):
+    try:
+        entry = catalogue().get(label)
+        return str(zip_adapter(entry, session_dir(request, "lora")))
+    except ValueError as err:
+        raise gr.Error(str(err)) from err

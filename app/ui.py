@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import generate, mesh, viewer
+from . import compare, finetune, generate, mesh, sessions, viewer
 
 TITLE = "R2D3 Studio"
 INTRO = (
@@ -19,12 +19,17 @@ INTRO = (
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
-        with gr.Tab("Generate"):
+        with gr.Tab("Generate") as g_tab:
             with gr.Row():
                 with gr.Column(scale=1):
                     choices = generate.model_choices()
                     g_model_name = gr.Dropdown(choices, value="tiny", label="Model", visible=len(choices) > 1,
                                                info="DiffSplat variants appear when their weights are found (python app.py --diffsplat DIR)")
+                    with gr.Row():
+                        g_lora = gr.Dropdown(generate.lora_choices(), value="base", label="LoRA", scale=4, allow_custom_value=True,
+                                             info="base, shipped runs, runs made here (Finetune tab), uploads")
+                        # allow_custom_value: the list grows while the page is open; the handler checks the name
+                        g_lora_refresh = gr.Button("↻", scale=0, min_width=40)
                     prompt = gr.Textbox(label="Prompt", placeholder="a red mushroom with a white stem", max_lines=2)
                     seed = gr.Number(value=0, precision=0, label="Seed")
                     steps = gr.Slider(4, 50, value=20, step=1, label="Denoising steps")
@@ -38,14 +43,28 @@ def build_demo() -> gr.Blocks:
                     g_glb = gr.File(label="Download GLB (mesh)")
                     g_mesh_info = gr.Markdown()
                     gr.Examples(generate.EXAMPLES, [prompt, seed], label="Examples")
+                    with gr.Accordion("LoRA files: upload / download", open=False):
+                        up_files = gr.File(label="adapter_config.json + adapter_model.safetensors, or a .zip of them",
+                                           file_count="multiple", file_types=[".json", ".safetensors", ".zip"])
+                        up_name = gr.Textbox(label="Name (optional)", max_lines=1)
+                        up_run = gr.Button("Add LoRA")
+                        up_info = gr.Markdown()
+                        dl_run = gr.Button("Download the selected LoRA (.zip)")
+                        dl_file = gr.File(label="LoRA zip")
                 with gr.Column(scale=2):
                     g_video = gr.Video(label="Turntable: RGB | normals", autoplay=True, loop=True)
                     g_views = gr.Image(label="4 views (azimuth 0 / 90 / 180 / 270)", type="filepath")
                     g_normals = gr.Image(label="Normal maps", type="filepath")
                     g_model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1))
                     g_mesh = gr.Model3D(label="Mesh preview (GLB)", clear_color=(1, 1, 1, 1), elem_id="generate-mesh")
-            g_inputs = [prompt, seed, steps, guidance, g_frames, g_model_name]
-            g_model_name.change(generate.on_model_change, g_model_name, guidance)
+            g_inputs = [prompt, seed, steps, guidance, g_frames, g_model_name, g_lora]
+            g_model_name.change(generate.on_model_change, [g_model_name, g_lora], [guidance, g_lora])
+            # runs finish and uploads arrive while the page is open: the list is read again on each visit
+            for trigger in (g_tab.select, g_lora_refresh.click, g_lora.focus):
+                trigger(generate.refresh_loras, [g_model_name, g_lora], g_lora, queue=False, api_visibility="private")
+            up_run.click(generate.upload_lora, [up_files, up_name, g_model_name], [up_info, g_lora], api_name="upload_lora",
+                         concurrency_limit=1)
+            dl_run.click(generate.download_lora, g_lora, dl_file, api_name="download_lora")
             g_outputs = [g_model, g_video, g_views, g_normals, g_file, g_info]
             g_job = g_run.click(generate.run_generate, g_inputs, g_outputs, api_name="generate", concurrency_limit=1)
             g_submit = prompt.submit(generate.run_generate, g_inputs, g_outputs, concurrency_limit=1)
@@ -83,4 +102,9 @@ def build_demo() -> gr.Blocks:
             job_mesh = job.success(mesh.extract_mesh, model, mesh_outputs, api_name="mesh", concurrency_limit=1)
             first_mesh = first.success(mesh.extract_mesh, model, mesh_outputs, concurrency_limit=1)
             stop.click(None, cancels=[job, first, job_mesh, first_mesh])
+        with gr.Tab("Finetune"):
+            finetune.build_tab()
+        with gr.Tab("Compare"):
+            compare.build_tab()
+        demo.unload(sessions.end_session)
     return demo

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import gradio as gr
@@ -14,6 +13,8 @@ from engine.examples import mushroom
 from engine.export import load_splat_file, save_splat_file
 from engine.preview import turntable_frames, view_strips, write_video
 from engine.render import render
+
+from .sessions import session_dir
 
 MAX_UPLOAD_MB = 256
 MAX_GAUSSIANS = 2_000_000
@@ -38,11 +39,11 @@ def _asset(upload: str | None):
     return g, path.name
 
 
-def render_asset(upload, elevation: float, resolution: int, frames: int, progress=gr.Progress()):
+def render_asset(upload, elevation: float, resolution: int, frames: int, request: gr.Request = None, progress=gr.Progress()):
     """Render previews and files for the chosen asset; returns paths for every output component."""
     progress(0, desc="Loading the splat")
     gaussians, name = _asset(upload)
-    out_dir = Path(tempfile.mkdtemp(prefix="r2d3_view_"))
+    out_dir = session_dir(request, "view")
     resolution, frames = int(resolution), int(frames)
 
     progress(0.1, desc="Rendering 4 views")

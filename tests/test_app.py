@@ -148,7 +148,7 @@ def test_generate_tab_offers_found_diffsplat_models(diffsplat_client):
     assert found["tiny"] == "shipped" and found["diffsplat-pas"] == "ready"
     assert "gsdiff_gobj83k_sd15__render" in found["diffsplat-sd15"]  # says what is missing
     assert generate.model_choices() == ["tiny", "diffsplat-pas"]
-    assert generate.default_guidance("diffsplat-pas") == 4.5 and generate.on_model_change("diffsplat-pas")["value"] == 4.5
+    assert generate.default_guidance("diffsplat-pas") == 4.5 and generate.on_model_change("diffsplat-pas")[0]["value"] == 4.5
     model, video, views, normals, ply, info = diffsplat_client.predict("a red chair", 0, 4, 4.5, 12, "diffsplat-pas", api_name="/generate")
     assert "diffsplat-pas" in info and ply.endswith(".ply")
     with pytest.raises(Exception, match="not in the list of choices"):
