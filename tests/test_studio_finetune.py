@@ -95,7 +95,7 @@ def test_stop_mid_run_saves_a_resumable_run(studio):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(reward="hpsv2"), "cannot run here"),
-    (dict(nabla_beta=-1), r"nabla.beta = -1.0: must be >= 0"),
+    (dict(method="nabla-r2d3", nabla_beta=-1), r"nabla.beta = -1.0: must be >= 0"),
     (dict(method="grpo", batch_size=2), "multiple of grpo's group_size 4"),
     (dict(method="draft", draft_k=9), r"draft.k = 9: must be in \[1, 4\]"),
     (dict(prompt_source="my own list", prompts="\n# nothing\n"), "prompt list is empty"),
