@@ -7,7 +7,7 @@
 Starts the studio in this process on a free local port (runs saved to a temporary folder, removed at the
 end), warms it up with one generate request, then:
 
-1. runs a finetune alone (``/finetune``, studio defaults unless overridden: Nabla-R2D3 on geometry, batch 2,
+1. runs a finetune alone (``/finetune``, by default Nabla-R2D3 on geometry (the engine's method and reward) with the studio's batch 2,
    10 sampler steps, 64 px reward renders; no sample strips) and reads each step's time from the streamed
    metric rows (``sample_seconds + update_seconds``);
 2. runs the same finetune again and, once its first update has streamed (the trainer exists), starts
