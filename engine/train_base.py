@@ -80,6 +80,9 @@ PRESETS: dict[str, dict] = {
 }
 # Fields that do not change the weights: a work folder may be resumed or exported with other values.
 NOT_TRAINING = ("guidance_default", "checkpoint_every")
+# What the evaluator is trained from. The evaluator is the judge of bench/eval_base.py, so a new base model
+# whose recipe leaves these unchanged keeps the evaluator already in --out: both versions face the same judge.
+EVALUATOR_FIELDS = ("seed", "resolution", "evaluator_images", "evaluator_seed_base", "evaluator_steps", "evaluator_batch")
 
 
 AE_CHANNELS = "rgb 3 | scale 3 | rotation 4 (w first) | opacity 1 | depth 1"
@@ -385,6 +388,15 @@ def export_snapshot(cfg: TrainBaseConfig, work: Path, out: Path) -> int:
     return step
 
 
+def kept_evaluator(cfg: TrainBaseConfig, out: Path) -> bool:
+    """Whether ``out`` already holds an evaluator trained with ``cfg``'s evaluator settings."""
+    saved = out / "train_config.json"
+    if not (out / "evaluator" / "config.json").exists() or not saved.exists():
+        return False
+    old = json.loads(saved.read_text())
+    return all(old.get(k) == getattr(cfg, k) for k in EVALUATOR_FIELDS)
+
+
 def _same_training(saved: dict, cfg: TrainBaseConfig) -> bool:
     """Whether a work folder's config trains what ``cfg`` trains (fields added later count at their defaults)."""
     now = json.loads(json.dumps(asdict(cfg)))
@@ -428,12 +440,17 @@ def main(argv=None) -> None:
     if run("latents") or run("diffusion") or run("export"):
         stage_latents(cfg, args.work, ae, args.device)
     model = stage_diffusion(cfg, args.work, ae, args.device) if (run("diffusion") or run("export")) else None
-    if run("evaluator"):
+    keep = args.stage != "evaluator" and kept_evaluator(cfg, args.out)
+    if keep:
+        print(f"Keeping the evaluator in {args.out / 'evaluator'}: it was trained with these evaluator settings "
+              f"({', '.join(EVALUATOR_FIELDS)}); `--stage evaluator` retrains it.")
+    if run("evaluator") and not keep:
         stage_evaluator_data(cfg, args.work)
-    ev = stage_evaluator(cfg, args.work, args.device) if (run("evaluator") or run("export")) else None
+    ev = stage_evaluator(cfg, args.work, args.device) if (run("evaluator") or run("export")) and not keep else None
     if run("export"):
         model.to("cpu").save_pretrained(args.out)
-        ev.to("cpu").save_pretrained(args.out / "evaluator")
+        if ev is not None:
+            ev.to("cpu").save_pretrained(args.out / "evaluator")
         (args.out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2))
     print(json.dumps({"stage": args.stage, "seconds": round(time.time() - t0, 1)}))
 

@@ -70,6 +70,18 @@ def test_interrupted_training_resumes_to_the_same_weights(first_run, tmp_path, m
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
 
 
+def test_a_new_recipe_keeps_the_evaluator_when_its_settings_are_unchanged(first_run, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    shutil.copytree(first_run / "out", out)
+    judge = (out / "evaluator" / "diffusion_pytorch_model.safetensors").read_bytes()
+    monkeypatch.setattr(tb, "stage_evaluator", lambda *a, **k: pytest.fail("the evaluator was retrained"))
+    tb.main(_argv(first_run, out=out) + ["--stage", "export"])  # same evaluator settings: kept, not retrained
+    assert (out / "evaluator" / "diffusion_pytorch_model.safetensors").read_bytes() == judge
+    assert tb.kept_evaluator(tb.config_from("v2", TINY), out)
+    assert not tb.kept_evaluator(tb.config_from("v2", TINY | {"evaluator_steps": 3}), out)
+    assert not tb.kept_evaluator(tb.config_from("v2", TINY), tmp_path / "empty")
+
+
 def test_snapshot_writes_the_ema_weights_without_training(first_run, tmp_path):
     before = (first_run / "work" / "diffusion_state.safetensors").stat().st_mtime_ns
     tb.main(_argv(first_run) + ["--snapshot", str(tmp_path / "snap")])
