@@ -1,0 +1,184 @@
+"""bench/compare_methods.py on a tiny budget: real runs of two methods through the engine's trainer and
+evaluation (a 1-layer random base, 2 steps, 3 sampler steps, 1 held-out prompt x 2 seeds), its summary,
+report and figures, resume, the sweep, determinism and bad arguments."""
+
+import importlib.util
+import io
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["refl", "nabla-r2d3"]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "bench" / "compare_methods.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cm = _load_script()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The script sets torch's thread count (--threads 1); give the others theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A 1-layer random base (as tests/test_align.py) and a one-prompt held-out file."""
+    from engine.models.splatter_ae import SplatterAutoencoder
+    from engine.models.tiny import TinySplatModel, tiny_transformer
+
+    root = tmp_path_factory.mktemp("cmp")
+    torch.manual_seed(0)
+    TinySplatModel(tiny_transformer(num_layers=1, heads=2, head_dim=8), SplatterAutoencoder(width=16)).eval().save_pretrained(root / "w")
+    (root / "eval.txt").write_text("a blue car\n")
+    return root
+
+
+def _argv(tiny, out, *extra, methods=",".join(METHODS), seeds=2):
+    return ["--reward", "colorfulness", "--methods", methods, "--seeds", str(seeds), "--steps", "2", "--threads", "1",
+            "--out", str(out), *extra, "--set", f"weights={tiny / 'w'}", "sampler_steps=3", "render_resolution=24",
+            "batch_size=1", "sample_every=0", "checkpoint_every=0", "eval_every=1", f"eval_prompts={tiny / 'eval.txt'}",
+            "eval_seeds=2", "guidance=2.0"]
+
+
+@pytest.fixture(scope="module")
+def comparison(tiny):
+    out = tiny / "cmp"
+    cm.main(_argv(tiny, out))
+    return out
+
+
+def test_summary_has_one_row_per_method_with_every_column(comparison):
+    table = pd.read_csv(comparison / "summary.csv")
+    assert list(table.columns) == cm.SUMMARY_COLUMNS
+    assert list(table["method"]) == METHODS
+    assert (table["n_seeds"] == 2).all() and (table["n_failed"] == 0).all() and (table["steps"] == 2).all()
+    for col in ("final_reward_mean", "final_reward_std", "delta_reward_mean", "alignment_delta_mean", "category_acc_delta_mean",
+                "kid_vs_base_mean", "diversity_delta_mean", "base_reward", "seconds", "reward_images"):
+        assert table[col].map(math.isfinite).all(), col
+    assert (table["reward_images"] > 0).all()
+    # the final reward is the last eval.csv row's colourfulness, Δ is against the base row of the same file
+    ev = pd.read_csv(comparison / "runs" / "refl" / "seed0" / "eval.csv")
+    final, base = ev[ev.label == "run"].iloc[-1], ev[ev.label == "base"].iloc[0]
+    seeds = [pd.read_csv(comparison / "runs" / "refl" / f"seed{s}" / "eval.csv").query("label == 'run'").iloc[-1] for s in (0, 1)]
+    assert final["step"] == 2 and list(ev[ev.label == "run"]["step"]) == [1, 2]
+    assert table.loc[0, "final_reward_mean"] == pytest.approx(sum(r["reward/colorfulness"] for r in seeds) / 2)
+    assert table.loc[0, "base_reward"] == pytest.approx(base["reward/colorfulness"])
+
+
+def test_run_folders_are_the_trainers(comparison):
+    for method in METHODS:
+        for seed in (0, 1):
+            run = comparison / "runs" / method / f"seed{seed}"
+            assert {"config.json", "metrics.csv", "eval.csv", "adapter", "checkpoint"} <= {p.name for p in run.iterdir()}
+            config = json.loads((run / "config.json").read_text())
+            assert (config["method"], config["seed"], config["steps"], config["reward"]) == (method, seed, 2, "colorfulness")
+            status = json.loads((run.parent / f"seed{seed}.status.json").read_text())
+            assert status["state"] == "finished" and status["stopped_by"] == "steps" and status["steps"] == 2
+
+
+def test_report_has_the_table_the_claims_and_the_figures(comparison):
+    report = (comparison / "report.md").read_text()
+    assert ("| method | final reward | Δ reward vs base | steps (and seconds) to reach the best baseline's final reward | "
+            "alignment Δ | category acc Δ | KID vs base | diversity Δ |") in report
+    assert "| base |" in report
+    for method in METHODS:
+        assert any(line.startswith(f"| {method} |") and " ± " in line for line in report.splitlines())
+    claims = [line for line in report.splitlines() if line.startswith("- **")]
+    assert [c.split(":")[0] for c in claims] == ["- **Higher reward", "- **Faster convergence", "- **Less forgetting"]
+    assert all("holds" in c or "does not hold" in c for c in claims)
+    for name in ("reward_vs_steps", "reward_vs_time", "reward_vs_alignment"):
+        html = comparison / "figures" / f"{name}.html"
+        assert html.stat().st_size > 1000 and "Plotly.newPlot" in html.read_text()
+        assert f"figures/{name}.html" in report
+    assert (comparison / "figures" / "plotly.min.js").exists()  # the figures open offline
+    if importlib.util.find_spec("kaleido") is None:
+        assert "PNG figures were not written" in report
+    else:
+        assert (comparison / "figures" / "reward_vs_steps.png").exists()
+
+
+def test_resume_skips_finished_runs_and_a_second_start_is_refused(comparison, tiny, capsys):
+    files = [comparison / "runs" / m / f"seed{s}" / n for m in METHODS for s in (0, 1) for n in ("metrics.csv", "eval.csv")]
+    before = [(f.stat().st_mtime_ns, f.read_bytes()) for f in files]
+    summary = (comparison / "summary.csv").read_text()
+    capsys.readouterr()
+    cm.main(_argv(tiny, comparison, "--resume"))
+    err = capsys.readouterr().err
+    assert err.count("skipped") == 4 and "step 1/2" not in err
+    assert [(f.stat().st_mtime_ns, f.read_bytes()) for f in files] == before
+    strip = lambda text: pd.read_csv(io.StringIO(text)).drop(columns=["seconds", "seconds_to_best_baseline"])  # noqa: E731
+    pd.testing.assert_frame_equal(strip((comparison / "summary.csv").read_text()), strip(summary))
+    # a run whose status was lost (cut after its last checkpoint) resumes there: no step is trained again
+    (comparison / "runs" / "refl" / "seed1.status.json").unlink()
+    cm.main(_argv(tiny, comparison, "--resume"))
+    err = capsys.readouterr().err
+    assert "[refl seed1] resumed at step 2" in err and err.count("skipped") == 3 and "step 1/2" not in err
+    assert [f.read_bytes() for f in files] == [b for _, b in before]
+    assert json.loads((comparison / "runs" / "refl" / "seed1.status.json").read_text())["reward_images"] > 0
+    with pytest.raises(SystemExit) as exit_:
+        cm.main(_argv(tiny, comparison))
+    assert exit_.value.code == 2 and "pass --resume" in capsys.readouterr().err
+
+
+def test_same_seed_gives_the_same_numbers(comparison, tiny):
+    """A second comparison with one of the runs reproduces it exactly (same thread count)."""
+    out = tiny / "again"
+    cm.main(_argv(tiny, out, methods="refl", seeds=1))
+    timing = ["seconds_per_asset"]
+    a, b = (pd.read_csv(d / "runs" / "refl" / "seed0" / "eval.csv").drop(columns=timing) for d in (comparison, out))
+    pd.testing.assert_frame_equal(a, b)
+    cols = ["step", "reward_mean", "loss", "grad_norm"]
+    a, b = (pd.read_csv(d / "runs" / "refl" / "seed0" / "metrics.csv")[cols] for d in (comparison, out))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
+    out = tiny / "sweep"
+    cm.main(_argv(tiny, out, "--sweep", "--sweep-steps", "2", "--minutes", "10", methods="refl", seeds=1))
+    trials = pd.read_csv(out / "sweep" / "sweep.csv")
+    assert len(trials) == 5 and list(trials["lr"][:3]) == list(cm.SWEEP_LRS)
+    assert set(trials["knob"]) == {"refl.first_fraction"} and (trials["state"] == "finished").all()
+    chosen = json.loads((out / "sweep" / "chosen.json").read_text())["refl"]
+    best = trials[trials["lr"] == chosen["lr"]]["score"].max()
+    assert chosen["picked_score"] == pytest.approx(best)
+    config = json.loads((out / "runs" / "refl" / "seed0" / "config.json").read_text())
+    assert config["lr"] == chosen["lr"] and config["refl"]["first_fraction"] == chosen["value"]
+    assert config["seed"] == 0 and json.loads((out / "sweep" / "refl" / trials["run"][0] / "config.json").read_text())["seed"] == 1000
+    report = (out / "report.md").read_text()
+    assert "## Tuning" in report and f"lr {cm._fmt(chosen['lr'])}, refl.first_fraction {cm._fmt(chosen['value'])}" in report
+    assert "Not tested: nabla-r2d3 is not in this comparison" in report
+    assert len(pd.read_csv(out / "summary.csv")) == 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--methods", "refl,nope"], "unknown method 'nope'"),
+    (["--seeds", "0"], "--seeds 0: must be >= 1"),
+    (["--steps", "0"], "--steps 0: must be >= 1"),
+    (["--minutes", "-1"], "--minutes -1.0: must be > 0"),
+    (["--reward", "nope"], "Unknown reward 'nope'"),
+    (["--set", "seed=3"], "seed is set by the script's own --seeds"),
+    (["--set", "nabla.beta=-1"], "nabla.beta = -1.0: must be >= 0"),
+    (["--sweep", "--set", "lr=1e-3"], "--sweep tunes lr"),
+])
+def test_bad_arguments_give_one_clear_message_and_write_nothing(tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        cm.main(["--reward", "colorfulness", "--methods", "refl,nabla-r2d3", "--out", str(out), *extra])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert not out.exists()
