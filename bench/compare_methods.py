@@ -75,6 +75,10 @@ class UsageError(ValueError):
     """A bad argument: one message, exit status 2, nothing trained."""
 
 
+class NothingToSummarise(RuntimeError):
+    """Every run failed: exit status 1."""
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -285,8 +289,8 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def run_is_done(status: dict | None, budget: float | None) -> bool:
-    """Finished by its steps, failed (it would fail the same way again), or stopped by a time budget at
-    least as large as this one."""
+    """Finished by its steps, failed (it would fail the same way again: delete its .status.json to retry),
+    or stopped by a time budget at least as large as this one."""
     if not status:
         return False
     if status.get("state") == "failed" or status.get("stopped_by") == "steps":
@@ -306,14 +310,18 @@ def train_run(config: RunConfig, folder: Path, budget: float | None, tag: str) -
         log(f"[{tag}] done before ({status.get('state')}, {status.get('steps')} steps): skipped")
         return {**status, "skipped": True}
     t0 = time.perf_counter()
-    trainer = Trainer(config, folder, resume=folder.exists())
+    try:
+        trainer = Trainer(config, folder, resume=folder.exists())
+    except (ValueError, FileNotFoundError) as err:  # e.g. the folder holds a run with other settings
+        raise UsageError(f"{tag}: {err}") from None
     counter = RewardCounter(trainer.path)
     counts = [r for r in _read_csv(counts_path) if int(r["step"]) <= trainer.step]
     if trainer.step:
         log(f"[{tag}] resumed at step {trainer.step}")
-    base_images = int(counts[-1]["reward_images"]) if counts and int(counts[-1]["step"]) == trainer.step else None
-    if trainer.step == 0:
-        base_images = 0
+    # counts so far (cumulative over resumes); unknown when the counts file lacks the resumed step
+    last = counts[-1] if counts and int(counts[-1]["step"]) == trainer.step else None
+    base_calls, base_images = (0, 0) if trainer.step == 0 else (int(last["reward_calls"]), int(last["reward_images"])) if last \
+        else (None, None)
     stopped_by, error = None, None
     if trainer.step >= config.steps:
         stopped_by = "steps"
@@ -323,18 +331,22 @@ def train_run(config: RunConfig, folder: Path, budget: float | None, tag: str) -
         try:
             for m in trainer.run():
                 if base_images is not None:
-                    counts.append({"step": m["step"], "reward_calls": counter.calls, "reward_images": base_images + counter.images})
+                    counts.append({"step": m["step"], "reward_calls": base_calls + counter.calls,
+                                   "reward_images": base_images + counter.images})
                     _write_csv(counts_path, counts)
                 log(f"[{tag}] step {m['step']}/{config.steps}  reward {m['reward_mean']:.4g}  train {m['wall_seconds']:.1f} s")
                 if budget is not None and m["wall_seconds"] >= budget and m["step"] < config.steps:
                     trainer.request_stop()
                     stopped_by = "time"
-        except TrainingError as err:
-            error = str(err)
+        except (TrainingError, ValueError) as err:  # a non-finite loss, or a diverged model's non-finite splats
+            error = f"{type(err).__name__}: {err}"
         if stopped_by is None and error is None:
             stopped_by = "steps"
     if error is None:
-        _ensure_final_eval(trainer)
+        try:
+            _ensure_final_eval(trainer)
+        except ValueError as err:
+            error = f"evaluation failed: {err}"
     status = {"state": "failed" if error else "finished", "stopped_by": stopped_by, "error": error, "steps": trainer.step,
               "train_seconds": round(trainer.wall, 3), "budget_steps": config.steps, "budget_seconds": budget,
               "reward_images": int(counts[-1]["reward_images"]) if counts and int(counts[-1]["step"]) == trainer.step else None,
@@ -494,7 +506,8 @@ def summarise(plan: Plan, chosen: dict) -> tuple[pd.DataFrame, dict]:
             curves[m] = mean_curve(runs)
     bases = [r["base"] for runs, _ in per_method.values() for r in runs]
     if not bases:
-        raise RuntimeError("No run finished with an evaluation; nothing to summarise.")
+        raise NothingToSummarise("No run finished with an evaluation (see the *.status.json files under runs/); "
+                                 "nothing to summarise.")
     base = {k: float(pd.Series([b[k] for b in bases], dtype=float).mean()) for k in ("heldout", "alignment", "category_acc", "diversity")}
     spread = max(b["heldout"] for b in bases) - min(b["heldout"] for b in bases)
     if spread > 1e-6 * max(1.0, abs(base["heldout"])):
@@ -776,6 +789,7 @@ def run(args) -> pd.DataFrame:
             chosen[m] = sweep_method(plan, m)
             sweep_rows += chosen[m]["trials"]
             log(f"[sweep {m}] picked {' '.join(chosen[m]['overrides'])} (training reward {_num(chosen[m]['picked_score'])})")
+        (args.out / "sweep").mkdir(parents=True, exist_ok=True)
         pd.DataFrame(sweep_rows).to_csv(args.out / "sweep" / "sweep.csv", index=False)
         _write_atomic(chosen_path, json.dumps({m: {k: v for k, v in c.items() if k != "trials"} for m, c in chosen.items()},
                                               indent=2) + "\n")
@@ -801,6 +815,8 @@ def main(argv=None) -> None:
         run(args)
     except UsageError as err:
         p.exit(2, f"error: {err}\n")
+    except NothingToSummarise as err:
+        p.exit(1, f"error: {err}\n")
 
 
 if __name__ == "__main__":
