@@ -25,7 +25,7 @@ from engine.render import render
 from engine.rewards import OFFLINE, build_reward, list_rewards, parse_ensemble, score_assets
 
 from .catalogue import BASE, Entry, catalogue, pool
-from .curves import PALETTE, X_AXES, read_metrics, read_run_config, reward_figure
+from .curves import X_AXES, draw_curves, read_metrics, read_run_config, reward_figure
 from .sessions import session_dir
 
 MAX_MODELS = 4
@@ -144,20 +144,10 @@ def curve_figures(entries: list[Entry]) -> tuple[go.Figure, go.Figure]:
 
 def _panels(groups: dict[str, list[tuple[str, pd.DataFrame, bool]]], x: str) -> go.Figure:
     fig = make_subplots(rows=len(groups), cols=1, subplot_titles=[f"reward: {r}" for r in groups], vertical_spacing=0.12)
-    i = 0  # one colour per run across panels
+    colour = 0  # one colour per run across panels
     for row, (reward, curves) in enumerate(groups.items(), start=1):
-        for label, frame, dashed in curves:
-            colour = PALETTE[i % len(PALETTE)]
-            i += 1
-            if frame.empty or x not in frame or "reward_mean" not in frame:
-                continue
-            fig.add_trace(go.Scatter(x=frame[x], y=frame["reward_mean"], name=label, mode="lines+markers" if len(frame) < 40 else "lines",
-                                     line={"color": colour, "dash": "dash" if dashed else "solid", "width": 1.5 if dashed else 2.5},
-                                     marker={"size": 5}), row=row, col=1)
-        level = _base_level([f for _, f, _ in curves])
-        if level is not None:
-            fig.add_hline(y=level, line={"color": "#868e96", "dash": "dot"}, annotation_text="base",
-                          annotation_position="bottom right", row=row, col=1)
+        colour = draw_curves(fig, curves, x=x, base_level=_base_level([f for _, f, _ in curves]), row=row, col=1,
+                             colour=colour)
         fig.update_yaxes(title_text=reward, row=row, col=1)
         fig.update_xaxes(title_text=X_AXES[x], row=row, col=1)
     fig.update_layout(title=f"Reward during training vs {X_AXES[x]}", height=60 + 300 * len(groups), template="plotly_white",

@@ -169,6 +169,26 @@ def test_curves_and_eval_table_without_runs():
     assert eval_table([Entry("base", "base")]).empty
 
 
+def test_reward_panels_draw_each_reward_as_the_single_figure_does():
+    import pandas as pd
+
+    from app.compare import _panels
+    from app.curves import reward_figure
+
+    a = pd.DataFrame({"step": [1, 2, 3], "wall_seconds": [1.0, 2.0, 3.5], "reward_mean": [0.1, 0.3, 0.2]})
+    b = pd.DataFrame({"step": [1, 2], "wall_seconds": [2.0, 4.0], "reward_mean": [5.0, 6.0]})
+    empty = pd.DataFrame(columns=["step", "wall_seconds", "reward_mean"])
+    groups = {"geometry": [("a", a, False), ("none yet", empty, True)], "colorfulness": [("b", b, True)]}
+    panels, single = _panels(groups, "wall_seconds"), reward_figure([*groups["geometry"], *groups["colorfulness"]], x="wall_seconds")
+
+    def traces(fig):
+        return [(t.name, t.line.color, t.line.dash, t.line.width, t.mode, tuple(t.x), tuple(t.y)) for t in fig.data]
+
+    assert traces(panels) == traces(single)  # same runs, styles and colours (one per run, across panels)
+    assert [t.yaxis for t in panels.data] == ["y", "y2"]
+    assert [s.y0 for s in panels.layout.shapes] == [0.1, 5.0]  # each panel's base level: its runs' first step
+
+
 def test_eval_table_reads_the_last_step_and_marks_what_is_missing(tmp_path):
     from app.catalogue import Entry
     from app.compare import eval_table
