@@ -62,6 +62,7 @@ MAX_STEPS = 1000
 DEFAULTS = {"method": "refl", "reward": "colorfulness", "steps": 30, "seed": 0, "lr": 1e-3, "batch_size": 2,
             "sampler_steps": 10, "render_resolution": 64, "sample_every": 5}
 SMOOTH = 5  # steps in the moving average drawn over the live curve (a 2-prompt batch is noisy)
+SAMPLES_HEIGHT = 560  # px: the before | now image (about square), scaled down to fit
 
 
 # ------------------------------------------------------------------------------------ method knobs
@@ -539,8 +540,10 @@ def build_tab() -> None:
         with gr.Column(scale=2):
             status = gr.Markdown("Choose the settings and press Start.")
             plot = gr.Plot(label="Reward per step")
+            # an explicit height: gradio's <img> loads lazily and has no size of its own until it has loaded, so
+            # while it was out of view (Start sits far below it when a method has many knobs) its frame was 0 px
             samples = gr.Image(label="Fixed prompts, seeds 0-3: before (left) vs now (right), RGB over normals",
-                               type="filepath")
+                               type="filepath", height=SAMPLES_HEIGHT)
             table = gr.Dataframe(label="Metrics per step", interactive=False, wrap=False, max_height=300)
             zipped = gr.File(label="Adapter (.zip): upload it elsewhere, or load with engine.align.lora")
     inputs = [method, reward, steps, prompt_source, prompts, seed, lr, batch_size, sampler_steps, render_resolution,
