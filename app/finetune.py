@@ -329,7 +329,7 @@ def before_now(run: Path, out_dir: Path) -> str | None:
     import imageio.v3 as iio
 
     strips = sorted((run / "samples").glob("step_[0-9][0-9][0-9][0-9].png"))
-    if not strips:
+    if not strips or not out_dir.is_dir():  # no samples yet; or the page was closed and its session folder removed
         return None
     first, last = iio.imread(strips[0]), iio.imread(strips[-1])
     gap = np.full((first.shape[0], 8, first.shape[2]), 255, dtype=first.dtype)
