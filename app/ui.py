@@ -14,6 +14,20 @@ INTRO = (
     "when the studio is started with their weights. **Viewer** inspects any 3DGS "
     "`.ply` / `.splat` file. Both then turn the splat into a coloured mesh (GLB) to preview and download."
 )
+# The 3D viewers have explicit heights: gradio lays out a hidden tab at zero size, and without one a Model3D's
+# frame depends on its content being mounted (a 2 px frame when it is not, see _reshow_mesh).
+VIEWER_HEIGHT = 420
+
+
+def _reshow_mesh(tab: gr.Tab, preview: gr.Model3D, glb: gr.File) -> None:
+    """Opening ``tab`` gives its mesh preview its GLB again (cleared, then set from the GLB download).
+
+    gradio 6.31's Model3D drops a GLB it is given while its tab is hidden (the Viewer tab's on-load mesh arrives
+    while Generate is shown; a generated mesh arrives after the user moved to another tab): the preview keeps
+    the value (its download button shows) but its babylon viewer is never mounted, so no canvas, a 2 px frame.
+    Setting the same value again is ignored (the viewer keys on the file), hence the clear first."""
+    tab.select(lambda: None, None, preview, queue=False, api_visibility="private").then(
+        lambda path: path, glb, preview, queue=False, api_visibility="private")
 
 
 def build_demo() -> gr.Blocks:
@@ -55,8 +69,9 @@ def build_demo() -> gr.Blocks:
                     g_video = gr.Video(label="Turntable: RGB | normals", autoplay=True, loop=True)
                     g_views = gr.Image(label="4 views (azimuth 0 / 90 / 180 / 270)", type="filepath")
                     g_normals = gr.Image(label="Normal maps", type="filepath")
-                    g_model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1))
-                    g_mesh = gr.Model3D(label="Mesh preview (GLB)", clear_color=(1, 1, 1, 1), elem_id="generate-mesh")
+                    g_model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1), height=VIEWER_HEIGHT)
+                    g_mesh = gr.Model3D(label="Mesh preview (GLB)", clear_color=(1, 1, 1, 1), elem_id="generate-mesh",
+                                        height=VIEWER_HEIGHT)
             g_inputs = [prompt, seed, steps, guidance, g_frames, g_model_name, g_lora]
             g_model_name.change(generate.on_model_change, [g_model_name, g_lora], [guidance, g_lora])
             # runs finish and uploads arrive while the page is open: the list is read again on each visit
@@ -73,7 +88,8 @@ def build_demo() -> gr.Blocks:
             g_job_mesh = g_job.success(mesh.extract_mesh, g_file, g_mesh_outputs, api_name="generate_mesh", concurrency_limit=1)
             g_submit_mesh = g_submit.success(mesh.extract_mesh, g_file, g_mesh_outputs, concurrency_limit=1)
             g_stop.click(None, cancels=[g_job, g_submit, g_job_mesh, g_submit_mesh])
-        with gr.Tab("Viewer"):
+            _reshow_mesh(g_tab, g_mesh, g_glb)
+        with gr.Tab("Viewer") as v_tab:
             with gr.Row():
                 with gr.Column(scale=1):
                     upload = gr.File(label="Splat file (.ply or .splat); empty = built-in example", file_types=[".ply", ".splat"])
@@ -91,8 +107,9 @@ def build_demo() -> gr.Blocks:
                     video = gr.Video(label="Turntable: RGB | normals", autoplay=True, loop=True)
                     views = gr.Image(label="4 views (azimuth 0 / 90 / 180 / 270)", type="filepath")
                     normals = gr.Image(label="Normal maps", type="filepath")
-                    model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1))
-                    mesh_view = gr.Model3D(label="Mesh preview (GLB)", clear_color=(1, 1, 1, 1), elem_id="viewer-mesh")
+                    model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1), height=VIEWER_HEIGHT)
+                    mesh_view = gr.Model3D(label="Mesh preview (GLB)", clear_color=(1, 1, 1, 1), elem_id="viewer-mesh",
+                                           height=VIEWER_HEIGHT)
             outputs = [model, views, normals, video, files, info]
             inputs = [upload, elevation, resolution, frames]
             job = run.click(viewer.render_asset, inputs, outputs, api_name="render", concurrency_limit=2)
@@ -102,6 +119,7 @@ def build_demo() -> gr.Blocks:
             job_mesh = job.success(mesh.extract_mesh, model, mesh_outputs, api_name="mesh", concurrency_limit=1)
             first_mesh = first.success(mesh.extract_mesh, model, mesh_outputs, concurrency_limit=1)
             stop.click(None, cancels=[job, first, job_mesh, first_mesh])
+            _reshow_mesh(v_tab, mesh_view, glb)
         with gr.Tab("Finetune"):
             finetune.build_tab()
         with gr.Tab("Compare"):
