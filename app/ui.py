@@ -17,6 +17,23 @@ INTRO = (
 # The 3D viewers have explicit heights: gradio lays out a hidden tab at zero size, and without one a Model3D's
 # frame depends on its content being mounted (a 2 px frame when it is not, see _reshow_mesh).
 VIEWER_HEIGHT = 420
+# gradio's splat viewer (gsplat.js) ignores Model3D's clear_color and paints its canvas' CSS background black;
+# the canvas itself is transparent where there is no splat, so a white CSS background gives the page's white.
+# Its download button would give the viewer's turned copy (viewer.viewer_copy): the files to download are the
+# tab's PLY / .splat, in our convention, so that button is hidden.
+CSS = """
+.splat-viewer canvas { background: #ffffff !important; }
+.splat-viewer a[data-testid="model3d-download-link"] { display: none !important; }
+"""
+
+
+class Studio(gr.Blocks):
+    """gr.Blocks whose launch() always adds the studio's CSS: gradio 6 takes css in launch() only, and app.py,
+    the tests and scripts each launch the demo their own way."""
+
+    def launch(self, *args, **kwargs):
+        kwargs["css"] = CSS + "\n" + (kwargs.get("css") or "")
+        return super().launch(*args, **kwargs)
 
 
 def _reshow_mesh(tab: gr.Tab, preview: gr.Model3D, glb: gr.File) -> None:
@@ -31,7 +48,7 @@ def _reshow_mesh(tab: gr.Tab, preview: gr.Model3D, glb: gr.File) -> None:
 
 
 def build_demo() -> gr.Blocks:
-    with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as demo:
+    with Studio(title=TITLE, delete_cache=(3600, 3600)) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Tab("Generate") as g_tab:
             with gr.Row():
@@ -69,7 +86,8 @@ def build_demo() -> gr.Blocks:
                     g_video = gr.Video(label="Turntable: RGB | normals", autoplay=True, loop=True)
                     g_views = gr.Image(label="4 views (azimuth 0 / 90 / 180 / 270)", type="filepath")
                     g_normals = gr.Image(label="Normal maps", type="filepath")
-                    g_model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1), height=VIEWER_HEIGHT)
+                    g_model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1), height=VIEWER_HEIGHT,
+                                         elem_classes="splat-viewer")
                     g_mesh = gr.Model3D(label="Mesh preview (GLB)", clear_color=(1, 1, 1, 1), elem_id="generate-mesh",
                                         height=VIEWER_HEIGHT)
             g_inputs = [prompt, seed, steps, guidance, g_frames, g_model_name, g_lora]
@@ -81,8 +99,9 @@ def build_demo() -> gr.Blocks:
                          concurrency_limit=1)
             dl_run.click(generate.download_lora, g_lora, dl_file, api_name="download_lora")
             g_outputs = [g_model, g_video, g_views, g_normals, g_file, g_info]
-            g_job = g_run.click(generate.run_generate, g_inputs, g_outputs, api_name="generate", concurrency_limit=1)
-            g_submit = prompt.submit(generate.run_generate, g_inputs, g_outputs, concurrency_limit=1)
+            run_generate = viewer.with_viewer_copy(generate.run_generate)  # the splat viewer shows it upright
+            g_job = g_run.click(run_generate, g_inputs, g_outputs, api_name="generate", concurrency_limit=1)
+            g_submit = prompt.submit(run_generate, g_inputs, g_outputs, concurrency_limit=1)
             # The mesh follows each new splat: its file (the Download PLY) is the input.
             g_mesh_outputs = [g_mesh, g_glb, g_mesh_info]
             g_job_mesh = g_job.success(mesh.extract_mesh, g_file, g_mesh_outputs, api_name="generate_mesh", concurrency_limit=1)
@@ -103,22 +122,27 @@ def build_demo() -> gr.Blocks:
                     files = gr.File(label="Downloads (PLY, .splat)", file_count="multiple")
                     glb = gr.File(label="Download GLB (mesh)")
                     mesh_info = gr.Markdown()
+                    # the PLY the mesh step reads: the download, not the splat viewer's turned copy
+                    source = gr.File(visible=False)
                 with gr.Column(scale=2):
                     video = gr.Video(label="Turntable: RGB | normals", autoplay=True, loop=True)
                     views = gr.Image(label="4 views (azimuth 0 / 90 / 180 / 270)", type="filepath")
                     normals = gr.Image(label="Normal maps", type="filepath")
-                    model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1), height=VIEWER_HEIGHT)
+                    model = gr.Model3D(label="Splat viewer", clear_color=(1, 1, 1, 1), height=VIEWER_HEIGHT,
+                                       elem_classes="splat-viewer", elem_id="viewer-splat")
                     mesh_view = gr.Model3D(label="Mesh preview (GLB)", clear_color=(1, 1, 1, 1), elem_id="viewer-mesh",
                                            height=VIEWER_HEIGHT)
             outputs = [model, views, normals, video, files, info]
             inputs = [upload, elevation, resolution, frames]
             job = run.click(viewer.render_asset, inputs, outputs, api_name="render", concurrency_limit=2)
             first = demo.load(viewer.render_asset, inputs, outputs)
-            # The mesh of the splat just rendered (the splat viewer holds its PLY).
+            # The mesh of the splat just rendered: its downloadable PLY (in our convention, not the viewer's copy).
             mesh_outputs = [mesh_view, glb, mesh_info]
-            job_mesh = job.success(mesh.extract_mesh, model, mesh_outputs, api_name="mesh", concurrency_limit=1)
-            first_mesh = first.success(mesh.extract_mesh, model, mesh_outputs, concurrency_limit=1)
-            stop.click(None, cancels=[job, first, job_mesh, first_mesh])
+            job_source = job.success(viewer.source_ply, files, source, queue=False, api_visibility="private")
+            first_source = first.success(viewer.source_ply, files, source, queue=False, api_visibility="private")
+            job_mesh = job_source.success(mesh.extract_mesh, source, mesh_outputs, api_name="mesh", concurrency_limit=1)
+            first_mesh = first_source.success(mesh.extract_mesh, source, mesh_outputs, concurrency_limit=1)
+            stop.click(None, cancels=[job, first, job_mesh, first_mesh])  # (the source steps are instant, unqueued)
             _reshow_mesh(v_tab, mesh_view, glb)
         with gr.Tab("Finetune"):
             finetune.build_tab()

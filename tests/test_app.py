@@ -49,6 +49,27 @@ def test_render_example_returns_previews_and_downloads(client):
     assert load_ply(model).num_gaussians == 16384
     assert sorted(f.rsplit(".", 1)[-1] for f in files) == ["ply", "splat"]
     assert "16,384 Gaussians" in info
+    # the splat viewer gets its own copy, turned upright for gradio's viewer; the download keeps our convention
+    ply = next(f for f in files if f.endswith(".ply"))
+    shown, saved = load_ply(model), load_ply(ply)
+    assert model.endswith(".viewer.ply") and not ply.endswith(".viewer.ply")
+    assert torch.allclose(shown.means, saved.means * torch.tensor([1.0, -1.0, -1.0]))
+    red = (saved.colors[0, :, 0] > 0.6) & (saved.colors[0, :, 1] < 0.3)  # the cap
+    assert saved.means[0, red, 1].mean() > saved.means[0, ~red, 1].mean() + 0.1  # the cap is up (+y) in the download
+
+
+def test_viewer_copy_is_a_half_turn_about_x_not_a_mirror():
+    from engine.examples import mushroom
+    from engine.gaussians import quat_to_rotmat
+
+    from app.viewer import upright_for_viewer
+
+    g = mushroom()
+    turned = upright_for_viewer(g)
+    half_turn = torch.diag(torch.tensor([1.0, -1.0, -1.0]))  # det +1: a rotation, nothing swaps left-right
+    assert torch.allclose(turned.means, g.means @ half_turn.T)
+    assert torch.allclose(quat_to_rotmat(turned.quats), half_turn @ quat_to_rotmat(g.quats), atol=1e-6)
+    assert torch.equal(turned.scales, g.scales) and torch.equal(turned.colors, g.colors)
 
 
 def test_uploaded_splat_is_rendered(client, tmp_path):
@@ -78,6 +99,8 @@ def test_generate_tab_makes_an_asset(client):
 
     model, video, views, normals, ply, info = client.predict("a red chair", 0, 6, 4.5, 12, api_name="/generate")
     assert load_ply(model).num_gaussians > 1000
+    assert model.endswith(".viewer.ply")  # the splat viewer's upright copy of the PLY
+    assert torch.allclose(load_ply(model).means, load_ply(ply).means * torch.tensor([1.0, -1.0, -1.0]))
     assert iio.imread(views).shape == (256, 1024, 3) and iio.imread(normals).shape == (256, 1024, 3)
     assert iio.imread(video).shape[0] == 12
     assert ply.endswith(".ply") and "a red chair" in info and "6 steps" in info
