@@ -1,0 +1,218 @@
+"""The studio in a real browser, as a user drives it: headless Chromium generates an asset, runs a short finetune
+(its live reward curve gains points, Stop saves it), finds the new adapter in the Generate and Compare lists, and
+compares it with the base side by side.
+
+The tests share one server and one page and run in file order (each tab keeps what the previous test left).
+`.ci/run` installs Debian's chromium when it is missing; without it (or playwright) the module skips with the reason.
+With ``R2D3_SCREENSHOTS=assets/screenshots`` set, each tab is also saved there as a PNG for the README (never in
+plain test runs, so CI does not rewrite the files).
+"""
+
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.test_browser_mesh import CHROMIUM, CHROMIUM_ARGS, _red_fraction
+
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing (pip install playwright)")
+pytest.importorskip("gradio")
+
+LONG = 300_000  # ms: a busy 2-core machine samples, trains and renders slowly
+SHOTS = os.environ.get("R2D3_SCREENSHOTS")
+MAX_SHOT_BYTES = 400_000
+PROMPT = "a red mushroom with a white stem"
+PLOT_POINTS = ".js-plotly-plot .scatterlayer .trace:first-child .points path"  # the first trace: this run's curve
+state = {}  # what one test leaves for the next: the new run's label
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    from app import catalogue
+    from tests.test_app import _serve
+
+    root = tmp_path_factory.mktemp("browser_studio")
+    catalogue.set_runs_dir(root / "runs")
+    try:
+        with _serve() as client, sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.set_default_timeout(60_000)
+                page.goto(client.src)
+                yield page
+            finally:
+                browser.close()
+    finally:
+        catalogue.set_runs_dir(root / "unused")
+
+
+def _panel(page):
+    """The open tab's panel (gradio keeps the tabs visited before, hidden)."""
+    return page.locator("[role=tabpanel]:visible").first
+
+
+def _open(page, tab: str):
+    # LONG: showing Generate again mounts its splat and mesh viewers, which on software WebGL and a busy
+    # 2-core machine can hold the page's main thread for over a minute
+    page.get_by_role("tab", name=tab, exact=True).click(timeout=LONG)
+    page.wait_for_timeout(500)  # the tab's select event (list refreshes) runs unqueued
+    return _panel(page)
+
+
+def _set_number(panel, label: str, value):
+    """A slider's or number's typed value (the slider's box is 'number input for <label>')."""
+    box = panel.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Tab")  # gradio takes the value on blur
+    assert float(box.input_value()) == float(value), f"{label} = {box.input_value()}, expected {value}"
+
+
+def _choose(panel, label: str, option: str):
+    """Picks ``option`` in the dropdown ``label`` (its options list opens on click)."""
+    box = panel.get_by_role("combobox", name=label, exact=True)
+    box.click()
+    options = panel.page.locator(f"#{box.get_attribute('aria-controls')}")
+    options.get_by_role("option", name=option, exact=True).click()
+    return box
+
+
+def _shot(page, name: str, full_page: bool = True):
+    """Saves the page as assets/screenshots/<name>.png when R2D3_SCREENSHOTS is set (kept under 400 KB)."""
+    if not SHOTS:
+        return
+    from PIL import Image
+
+    page.mouse.move(0, 0)  # no hover highlight in the picture
+    page.evaluate("window.scrollTo(0, 0)")  # a viewport shot shows the page's top (Start scrolled it down)
+    png = page.screenshot(full_page=full_page)
+    out = Path(SHOTS) / f"{name}.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    scale = 1.0
+    while True:  # palette PNG (UI colours survive 256 levels), then smaller until it fits
+        size = (round(image.width * scale), round(image.height * scale))
+        small = image.resize(size, Image.LANCZOS) if scale < 1 else image
+        buf = io.BytesIO()
+        small.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(buf, "PNG", optimize=True)
+        if buf.tell() < MAX_SHOT_BYTES or scale < 0.3:
+            break
+        scale *= 0.85
+    out.write_bytes(buf.getvalue())
+
+
+def _wait_for_red(canvas):
+    """Until the 3D viewer has drawn the red mushroom (software WebGL: the first frames take a while)."""
+    canvas.wait_for(state="visible", timeout=LONG)
+    red = 0.0
+    for _ in range(60):
+        red = _red_fraction(canvas.screenshot())
+        if red > 0.01:
+            return
+        canvas.page.wait_for_timeout(2000)
+    raise AssertionError(f"no mesh drawn: {red:.4f} of the mesh viewer is red")
+
+
+def test_viewer_tab_renders_the_example(page):
+    panel = _open(page, "Viewer")
+    panel.locator("img[src*='views.png']").wait_for(timeout=LONG)  # rendered on load
+    panel.get_by_text(re.compile(r"Mesh: [\d,]+ faces")).wait_for(timeout=LONG)
+    _wait_for_red(page.locator("#viewer-mesh canvas"))
+    _shot(page, "viewer")
+
+
+def test_generate_tab_makes_an_asset(page):
+    panel = _open(page, "Generate")
+    panel.get_by_role("textbox", name="Prompt").fill(PROMPT)
+    _set_number(panel, "number input for Denoising steps", 10)
+    _set_number(panel, "number input for Turntable frames", 12)
+    panel.get_by_role("button", name="Generate", exact=True).click()
+    info = panel.get_by_text(re.compile(r"sampled in [\d.]+ s, 10 steps"))
+    info.wait_for(timeout=LONG)
+    assert PROMPT in info.inner_text()
+    views = panel.locator("img[src*='views.png']:visible")  # gradio may keep hidden copies of an image
+    views.wait_for(timeout=LONG)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=views.element_handle(), timeout=LONG)
+    width, height = views.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert width == 4 * height, (width, height)  # 4 views side by side
+    panel.get_by_text(re.compile(r"Mesh: [\d,]+ faces")).wait_for(timeout=LONG)  # the mesh follows the splat
+    _wait_for_red(page.locator("#generate-mesh canvas"))
+    _shot(page, "generate")
+
+
+def test_finetune_tab_streams_a_live_curve_and_stops(page):
+    panel = _open(page, "Finetune")
+    _choose(panel, "Reward", "colorfulness")
+    _set_number(panel, "number input for Steps (optimiser steps)", 60)  # stopped long before
+    panel.get_by_text("Run settings (cost per step)").click()
+    _set_number(panel, "number input for Batch size (trajectories per step)", 1)
+    _set_number(panel, "number input for Sampler steps", 4)
+    _set_number(panel, "number input for Reward render resolution (px)", 32)
+    _set_number(panel, "number input for Samples every N steps (0 = off)", 2)
+    panel.get_by_role("button", name="Start", exact=True).click()
+
+    panel.get_by_text(re.compile(r"Run \S+: ReFL on colorfulness, 60 steps")).wait_for(timeout=LONG)
+    points = panel.locator(PLOT_POINTS)
+    seen = []
+    for _ in range(LONG // 2000):  # the curve gains a point per optimiser step
+        seen.append(points.count())
+        if seen[-1] >= 3:
+            break
+        page.wait_for_timeout(2000)
+    assert seen[-1] >= 3 and sorted(seen) == seen, f"points over time: {seen}"
+    assert panel.get_by_text(re.compile(r"Step \d+/60")).count()
+    samples = panel.locator("img[src*='before_now']").first  # the before | now strip arrives, with a real frame
+    samples.wait_for(state="attached", timeout=LONG)
+    samples.scroll_into_view_if_needed()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=samples.element_handle(), timeout=LONG)
+    assert samples.evaluate("img => img.getBoundingClientRect().height") > 100
+    _shot(page, "finetune", full_page=False)  # the knobs below make the page 3000 px tall
+
+    panel.get_by_role("button", name="Stop", exact=True).click()
+    panel.get_by_text(re.compile(r"Stopping after step \d+/60")).wait_for()
+    saved = panel.get_by_text(re.compile(r"Run stopped at step \d+/60\..*The adapter is run: ", re.S))
+    saved.wait_for(timeout=LONG)
+    label = re.search(r"The adapter is (run: \S+) in the Generate", saved.inner_text())
+    assert label, saved.inner_text()
+    assert "Saved to" in saved.inner_text()
+    state["run"] = label[1]
+    assert points.count() >= 3
+
+
+def test_new_adapter_is_listed_in_generate_and_compare(page):
+    run = state.get("run") or pytest.skip("no run from the finetune test")
+    for tab, label in (("Compare", "Models (up to 4)"), ("Generate", "LoRA")):
+        panel = _open(page, tab)
+        box = panel.get_by_role("combobox", name=label, exact=True)
+        box.click(force=True, timeout=LONG)  # force: the "stable" check waits for animation frames (see _open)
+        options = page.locator(f"#{box.get_attribute('aria-controls')}")
+        options.get_by_role("option").first.wait_for(timeout=LONG)
+        names = options.get_by_role("option").all_inner_texts()
+        assert run in [n.strip() for n in names], (tab, names)
+        box.press("Escape")
+
+
+def test_compare_tab_shows_base_beside_the_new_run(page):
+    run = state.get("run") or pytest.skip("no run from the finetune test")
+    panel = _open(page, "Compare")
+    panel.get_by_role("textbox", name="Prompt").fill("a red chair")
+    _choose(panel, "Models (up to 4)", run)
+    box = panel.get_by_role("combobox", name="Models (up to 4)", exact=True)
+    box.press("Escape")
+    _set_number(panel, "number input for Denoising steps", 4)
+    _set_number(panel, "number input for Turntable frames", 6)
+    panel.get_by_role("button", name="Compare", exact=True).click()
+    panel.get_by_text(re.compile(r"2 model\(s\) in [\d.]+ s from one loaded base")).wait_for(timeout=LONG)
+    titles = panel.get_by_text(re.compile(r"^(base: the embedded tiny model|run: .+ step \d+)"))
+    assert titles.count() == 2, titles.all_inner_texts()
+    views = panel.locator("img[src*='views.png']")
+    assert views.count() == 2
+    table = panel.get_by_role("grid", name="Offline rewards on the same renders (rows: models)")
+    assert table.get_attribute("aria-rowcount") == "3", table.inner_text()  # the header and 2 models
+    rows = table.get_by_role("row").all_inner_texts()
+    assert any(r.strip().startswith("base") for r in rows) and any(run in r for r in rows), rows
+    _shot(page, "compare")
