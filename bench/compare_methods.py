@@ -45,6 +45,7 @@ import torch  # noqa: E402
 
 from engine.align.config import RunConfig  # noqa: E402
 from engine.align.methods import METHODS  # noqa: E402
+from engine.align.trainer import write_csv  # noqa: E402
 
 NABLA = "nabla-r2d3"
 SWEEP_LRS = (1e-4, 3e-4, 1e-3)
@@ -278,16 +279,6 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def run_is_done(status: dict | None, budget: float | None) -> bool:
     """Finished by its steps, failed (it would fail the same way again: delete its .status.json to retry),
     or stopped by a time budget at least as large as this one."""
@@ -333,7 +324,7 @@ def train_run(config: RunConfig, folder: Path, budget: float | None, tag: str) -
                 if base_images is not None:
                     counts.append({"step": m["step"], "reward_calls": base_calls + counter.calls,
                                    "reward_images": base_images + counter.images})
-                    _write_csv(counts_path, counts)
+                    write_csv(counts_path, counts)
                 log(f"[{tag}] step {m['step']}/{config.steps}  reward {m['reward_mean']:.4g}  train {m['wall_seconds']:.1f} s")
                 if budget is not None and m["wall_seconds"] >= budget and m["step"] < config.steps:
                     trainer.request_stop()

@@ -410,13 +410,19 @@ def _truncate_csv(path: Path, step: int) -> None:
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     keep = [r for r in rows if int(float(r["step"])) <= step]
-    if len(keep) == len(rows):
-        return
-    tmp = path.with_suffix(".tmp")
+    if len(keep) < len(rows):
+        write_csv(path, keep, list(rows[0]))
+
+
+def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    """Writes ``rows`` to ``path`` atomically (a temporary file, then a rename); the header is ``fieldnames``
+    (default: the first row's keys; an empty file when there are neither)."""
+    fieldnames = fieldnames or (list(rows[0]) if rows else None)
+    tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as f:
-        if rows:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if fieldnames:
+            writer = csv.DictWriter(f, fieldnames=fieldnames)
             writer.writeheader()
-            writer.writerows(keep)
+            writer.writerows(rows)
     os.replace(tmp, path)
 
