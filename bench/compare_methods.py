@@ -51,6 +51,10 @@ NABLA = "nabla-r2d3"
 SWEEP_LRS = (1e-4, 3e-4, 1e-3)
 # one knob per method (config field names), 3 values with the engine's default among them. A tuple of
 # fields is set together (GRPO's symmetric clip range). A method missing here is swept over lr only.
+# Nabla-R2D3's beta multiplies the raw reward gradient, so its values here are per unit of the reward's
+# usual range (``value_range``; an ensemble's range-normalised terms count 1 per unit of weight) and are
+# divided by that span: colorfulness (range 110) gets beta {2.73, 27.3, 273}, geometry {300, 3000, 30000}.
+# Every other knob is scale-free (Adam's step ignores a gradient's scale; DDPO/GRPO/NFT normalise rewards).
 SWEEP_KNOBS: dict[str, tuple[tuple[str, ...], tuple]] = {
     "nabla-r2d3": (("nabla.beta",), (3e2, 3e3, 3e4)),
     "refl": (("refl.first_fraction",), (0.5, 0.75, 0.9)),
@@ -60,6 +64,7 @@ SWEEP_KNOBS: dict[str, tuple[tuple[str, ...], tuple]] = {
     "grpo": (("grpo.clip_low", "grpo.clip_high"), (3e-5, 1e-4, 3e-4)),
     "diffusionnft": (("nft.beta",), (0.5, 1.0, 2.0)),
 }
+NABLA_BETA = 3e3  # the default beta per unit of reward range (the middle of the sweep's values)
 PICK_LAST = 5  # the sweep's score: mean training reward of the last this-many steps
 OWN_KEYS = {"method": "--methods", "reward": "--reward", "seed": "--seeds", "steps": "--steps"}  # never by --set
 SUMMARY_COLUMNS = [
@@ -165,7 +170,7 @@ class Plan:
         self.weights = reward_weights(args.reward_weights)
         self.sets = list(args.set)
         self.user_keys = {s.partition("=")[0].strip() for s in self.sets}
-        self.heldout, self.higher_is_better = heldout_reward(args.reward, self.weights)
+        self.heldout, self.higher_is_better, self.reward_span = heldout_reward(args.reward, self.weights)
         if args.sweep:
             for m in self.methods:
                 clash = sorted(self.user_keys & {"lr", *SWEEP_KNOBS.get(m, ((),))[0]})
@@ -175,17 +180,28 @@ class Plan:
         self.base_configs = {m: self.config(m, 0) for m in self.methods}
         self.eval_every = self.base_configs[self.methods[0]].eval_every
 
-    def _defaults(self) -> list[str]:
+    def _defaults(self, method: str) -> list[str]:
         d = ["eval_at_end=true"]
         if "eval_every" not in self.user_keys:
             d.append(f"eval_every={max(1, self.steps // 5)}")
+        if method == NABLA and "nabla.beta" not in self.user_keys:
+            d.append(f"nabla.beta={self.per_unit(NABLA_BETA)!r}")
         return d
+
+    def per_unit(self, beta: float) -> float:
+        """A beta given per unit of reward range, for this reward (3 significant digits)."""
+        return float(f"{beta / self.reward_span:.3g}")
+
+    def knob_values(self, method: str) -> tuple:
+        """The sweep's values of the method's knob for this reward."""
+        values = SWEEP_KNOBS.get(method, ((), ()))[1]
+        return tuple(self.per_unit(v) for v in values) if method == NABLA else values
 
     def config(self, method: str, seed: int, extra: list[str] = (), *, steps: int | None = None, sweep: bool = False) -> RunConfig:
         own = [f"method={method}", f"reward={self.args.reward}", f"seed={seed}", f"steps={steps or self.steps}"]
         sweep_sets = ["eval_every=0", "eval_at_end=false", "sample_every=0"] if sweep else []
         try:
-            cfg = RunConfig().apply_overrides(own + self._defaults() + self.sets + sweep_sets + list(extra))
+            cfg = RunConfig().apply_overrides(own + self._defaults(method) + self.sets + sweep_sets + list(extra))
             cfg.reward_weights.update(self.weights)
             return cfg.validate()
         except ValueError as err:
@@ -223,7 +239,9 @@ def prepare_out(plan: Plan) -> None:
 def heldout_reward(spec: str, weights: dict[str, str]):
     """The trained reward from an eval.csv row: ``reward/<name>`` for a bare reward; for an ensemble the same
     weighted sum of range-normalised terms the trainer optimises (affine per term, so the mean over assets
-    of the ensemble is this function of the per-term means). Also checks the spec can run and be evaluated."""
+    of the ensemble is this function of the per-term means), whether higher is better, and the reward's span
+    (the usual range of a bare reward; the sum of |weights| of an ensemble's normalised terms). Also checks
+    the spec can run and be evaluated."""
     from engine.align.evaluate import DEFAULT_REWARDS
     from engine.rewards import list_rewards, normalise, parse_ensemble
 
@@ -241,11 +259,12 @@ def heldout_reward(spec: str, weights: dict[str, str]):
         raise UsageError(f"--reward {spec!r}: the evaluation does not score {unscored[0]!r}; give its weights with --reward-weights.")
     if len(terms) == 1 and ":" not in spec:
         name = terms[0][0]
-        return (lambda row: float(row[f"reward/{name}"])), infos[name].higher_is_better
+        lo, hi = infos[name].value_range
+        return (lambda row: float(row[f"reward/{name}"])), infos[name].higher_is_better, float(hi - lo)
 
     def ensemble(row) -> float:
         return float(sum(w * float(normalise(infos[n], float(row[f"reward/{n}"]))) for n, w in terms))
-    return ensemble, True
+    return ensemble, True, float(sum(abs(w) for _, w in terms))
 
 
 # ---------------------------------------------------------------------------------------- one run
@@ -382,7 +401,7 @@ def _setting(lr: float, fields: tuple[str, ...], value) -> list[str]:
 def sweep_method(plan: Plan, method: str) -> dict:
     """Five short runs (3 lrs at the default knob, then the knob's 2 other values at the picked lr); returns
     {"lr", "knob", "value", "overrides", "trials": [...]}."""
-    fields, values = SWEEP_KNOBS.get(method, ((), ()))
+    fields, values = SWEEP_KNOBS.get(method, ((), ()))[0], plan.knob_values(method)
     default = _get(plan.base_configs[method], fields[0]) if fields else None
     values = tuple(dict.fromkeys((default, *values)))  # the default first: ties keep it
     budget = plan.budget * plan.sweep_steps / plan.steps if plan.budget else None
@@ -637,7 +656,7 @@ def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_
             if m not in chosen:
                 continue
             c = chosen[m]
-            values = ", ".join(map(_fmt, SWEEP_KNOBS.get(m, ((), ()))[1]))
+            values = ", ".join(map(_fmt, plan.knob_values(m)))
             trials = "; ".join(f"lr {_fmt(t['lr'])}, {t['knob'].split('.')[-1]} {_fmt(t['value'])}: "
                                f"{_num(t['score']) if t['state'] == 'finished' else t['state']}"
                                for t in sweep_rows if t["method"] == m)

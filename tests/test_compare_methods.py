@@ -164,6 +164,19 @@ def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
     assert len(pd.read_csv(out / "summary.csv")) == 1
 
 
+@pytest.mark.parametrize("reward, span", [("colorfulness", 110.0), ("geometry", 1.0), ("alignment:1,geometry:0.5", 1.5)])
+def test_nabla_beta_is_per_unit_of_the_rewards_range(tmp_path, reward, span):
+    """beta scales the raw reward gradient: colorfulness (0-110) must not get geometry's (0-1) beta."""
+    plan = cm.Plan(cm.parser().parse_args(["--reward", reward, "--methods", "nabla-r2d3,refl", "--out", str(tmp_path)]))
+    assert plan.reward_span == pytest.approx(span)
+    assert plan.knob_values("nabla-r2d3") == tuple(float(f"{v / span:.3g}") for v in cm.SWEEP_KNOBS["nabla-r2d3"][1])
+    assert plan.base_configs["nabla-r2d3"].nabla.beta == pytest.approx(cm.NABLA_BETA / span, rel=1e-2)
+    assert plan.knob_values("refl") == cm.SWEEP_KNOBS["refl"][1]  # scale-free knobs stay as they are
+    given = cm.Plan(cm.parser().parse_args(["--reward", reward, "--methods", "nabla-r2d3", "--out", str(tmp_path),
+                                            "--set", "nabla.beta=5"]))
+    assert given.base_configs["nabla-r2d3"].nabla.beta == 5.0  # the user's value wins
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--methods", "refl,nope"], "unknown method 'nope'"),
     (["--seeds", "0"], "--seeds 0: must be >= 1"),
