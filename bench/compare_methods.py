@@ -627,7 +627,7 @@ def claims(plan: Plan, table: pd.DataFrame, info: dict) -> list[str]:
 
 
 def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_paths: list[str], png: bool,
-                 sweep_rows: list[dict]) -> Path:
+                 sweep_rows: list[dict], sheet: Path | None = None) -> Path:
     a = plan.args
     cfg = plan.base_configs[plan.methods[0]]
     lines = [f"# Method comparison: reward `{a.reward}`", ""]
@@ -703,6 +703,12 @@ def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_
     lines += [f"- [{Path(f).stem}]({Path(f).relative_to(a.out).as_posix()})" for f in fig_paths]
     lines.append("" if png else "\nPNG figures were not written: kaleido is not installed here (plotly needs it for "
                                 "static images); the HTML figures hold the same plots.")
+    if sheet is not None:
+        lines += ["", "## Samples beside the base (the reward-hacking check)", "",
+                  "The same 4 held-out prompts and seeds, drawn by the base and by each method's final weights (first "
+                  "seed; 4 views, rendered colours above normals). Saturated noise, flattened or hollow objects, or "
+                  "every prompt turning into the same thing are a hacked reward, whatever the table says.", "",
+                  f"![samples]({sheet.relative_to(a.out).as_posix()})"]
     for n in info["notes"]:
         lines.append(f"\nNote: {n}")
     path = a.out / "report.md"
@@ -786,6 +792,44 @@ def figures(plan: Plan, info: dict) -> tuple[list[str], bool]:
     return paths, png
 
 
+# ---------------------------------------------------------------------------------------- samples
+SAMPLES_SCALE = 0.5  # strips at half size (64 px views): one sheet for 8 models stays ~1-2 MB
+
+
+def samples_sheet(plan: Plan) -> Path | None:
+    """The reward-hacking check, ``DIR/samples.png``: the base's sample strip beside every method's last one
+    (the first seed with strips; the trainer draws the same 4 held-out prompts and seeds for all), one
+    labelled column each, rendered colours above normals. None when no run drew samples (sample_every=0)."""
+    from PIL import Image, ImageDraw
+
+    columns = []
+    for m in plan.methods:
+        for seed in plan.seeds:
+            strips = sorted((plan.args.out / "runs" / m / f"seed{seed}" / "samples").glob("step_*.png"))
+            if strips:
+                if not columns:
+                    columns.append(("base", strips[0]))
+                columns.append((f"{m} (step {int(strips[-1].stem.split('_')[-1])})", strips[-1]))
+                break
+    if not columns:
+        return None
+    images = []
+    for _, path in columns:
+        im = Image.open(path).convert("RGB")
+        images.append(im.resize((round(im.width * SAMPLES_SCALE), round(im.height * SAMPLES_SCALE)), Image.LANCZOS))
+    width, height, band, gap = max(i.width for i in images), max(i.height for i in images), 22, 6
+    sheet = Image.new("RGB", (len(images) * (width + gap) - gap, height + band), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, ((label, _), im) in enumerate(zip(columns, images)):
+        draw.text((k * (width + gap) + 4, 5), label, fill="black")
+        sheet.paste(im, (k * (width + gap), band))
+    path = plan.args.out / "samples.png"
+    tmp = path.with_suffix(".tmp.png")
+    sheet.save(tmp, optimize=True)
+    os.replace(tmp, path)
+    return path
+
+
 # ---------------------------------------------------------------------------------------- main
 def run(args) -> pd.DataFrame:
     torch.set_num_threads(args.threads)
@@ -810,7 +854,8 @@ def run(args) -> pd.DataFrame:
     table, info = summarise(plan, chosen)
     table.to_csv(args.out / "summary.csv", index=False)
     figs, png = figures(plan, info)
-    report = write_report(plan, table, info, chosen, figs, png, sweep_rows)
+    sheet = samples_sheet(plan)
+    report = write_report(plan, table, info, chosen, figs, png, sweep_rows, sheet)
     shown = table[["method", "n_seeds", "steps", "final_reward_mean", "final_reward_std", "delta_reward_mean",
                    "steps_to_best_baseline", "alignment_delta_mean", "kid_vs_base_mean", "diversity_delta_mean"]]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

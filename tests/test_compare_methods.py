@@ -16,14 +16,15 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["refl", "nabla-r2d3"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("compare_methods", ROOT / "bench" / "compare_methods.py")
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-cm = _load_script()
+cm = _load_script("compare_methods")
+ship_runs = _load_script("ship_runs")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -50,7 +51,7 @@ def tiny(tmp_path_factory):
 def _argv(tiny, out, *extra, methods=",".join(METHODS), seeds=2):
     return ["--reward", "colorfulness", "--methods", methods, "--seeds", str(seeds), "--steps", "2", "--threads", "1",
             "--out", str(out), *extra, "--set", f"weights={tiny / 'w'}", "sampler_steps=3", "render_resolution=24",
-            "batch_size=1", "sample_every=0", "checkpoint_every=0", "eval_every=1", f"eval_prompts={tiny / 'eval.txt'}",
+            "batch_size=1", "sample_every=2", "checkpoint_every=0", "eval_every=1", f"eval_prompts={tiny / 'eval.txt'}",
             "eval_seeds=2", "guidance=2.0"]
 
 
@@ -109,6 +110,52 @@ def test_report_has_the_table_the_claims_and_the_figures(comparison):
         assert "PNG figures were not written" in report
     else:
         assert (comparison / "figures" / "reward_vs_steps.png").exists()
+
+
+def test_samples_sheet_shows_the_base_beside_every_method(comparison):
+    from PIL import Image
+
+    assert "## Samples beside the base (the reward-hacking check)" in (comparison / "report.md").read_text()
+    assert "![samples](samples.png)" in (comparison / "report.md").read_text()
+    strip = Image.open(comparison / "runs" / "refl" / "seed0" / "samples" / "step_0002.png")
+    sheet = Image.open(comparison / "samples.png")
+    columns = 1 + len(METHODS)  # the base, then each method's last strip
+    width = round(strip.width * cm.SAMPLES_SCALE)
+    assert sheet.size == (columns * width + (columns - 1) * 6, round(strip.height * cm.SAMPLES_SCALE) + 22)
+
+
+def test_ship_copies_what_the_studio_reads_and_nothing_heavy(comparison, tmp_path):
+    from app.catalogue import Catalogue
+
+    to = tmp_path / "runs"
+    dest = ship_runs.ship(comparison, to)
+    assert dest == to / "colorfulness"
+    for method in METHODS:
+        run = dest / method
+        assert {"adapter", "config.json", "metrics.csv", "eval.csv", "status.json", "rewards.csv", "samples"} <= {
+            p.name for p in run.iterdir()}
+        assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_0000.png", "step_0002.png"]
+        assert json.loads((run / "config.json").read_text())["seed"] == 0
+        other = run / "seeds" / "seed1"
+        assert json.loads((other / "config.json").read_text())["seed"] == 1 and (other / "metrics.csv").exists()
+        assert not (other / "adapter").exists()
+    assert not [p for p in dest.rglob("*") if p.name in ("checkpoint", "optimizer.pt") or p.name.startswith(".")]
+    assert {"report.md", "summary.csv", "comparison.json", "samples.png", "figures"} <= {p.name for p in dest.iterdir()}
+    for html in (dest / "figures").glob("*.html"):
+        assert 'src="../../plotly.min.js"' in html.read_text()
+    assert (to / "plotly.min.js").exists()  # one copy, shared by every reward's figures
+    labels = Catalogue(tmp_path / "studio-runs", shipped_dir=to).choices(("shipped",))
+    assert labels == [f"shipped: colorfulness/{m}" for m in sorted(METHODS)]
+
+    with pytest.raises(ship_runs.ShipError, match="exists; pass --force"):
+        ship_runs.ship(comparison, to)
+    (dest / "marker").write_text("old")
+    assert ship_runs.ship(comparison, to, force=True) == dest and not (dest / "marker").exists()
+    with pytest.raises(ship_runs.ShipError, match="becomes a folder name"):
+        ship_runs.ship(comparison, to, name="../x")
+    with pytest.raises(ship_runs.ShipError, match="no finished comparison"):
+        ship_runs.ship(tmp_path, to)
+    assert ship_runs.default_name("alignment:1,geometry:0.5") == "alignment+geometry"
 
 
 def test_resume_skips_finished_runs_and_a_second_start_is_refused(comparison, tiny, capsys):

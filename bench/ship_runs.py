@@ -1,0 +1,148 @@
+"""Copies a finished comparison (``bench/compare_methods.py --out DIR``) into the shipped runs the studio reads.
+
+    python bench/ship_runs.py DIR                       # -> checkpoints/runs/<reward>/
+    python bench/ship_runs.py DIR --name alignment+geometry --to checkpoints/runs --force
+
+What lands in ``<to>/<name>/`` (small: LoRA adapters and CSVs; no optimiser states, no intermediate strips):
+
+    report.md  summary.csv  comparison.json  sweep/{chosen.json,sweep.csv} (when swept)
+    figures/*.html     the comparison's plotly figures, loading plotly.js from <to>/plotly.min.js (one copy for all)
+    samples.png        the comparison's reward-hacking check (the base's samples beside every method's last)
+    <method>/          the run of the first finished seed: adapter/, config.json, metrics.csv, eval.csv,
+                       status.json, rewards.csv, samples/ (first and last strip). The studio lists it as
+                       "shipped: <name>/<method>" and draws its curves.
+    <method>/seeds/seed<k>/   the other finished seeds' config.json, metrics.csv, eval.csv, status.json
+
+The destination is built beside itself and swapped in whole, so a failed copy leaves the old one as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_TO = ROOT / "checkpoints" / "runs"
+RUN_CSVS = ("config.json", "metrics.csv", "eval.csv")
+PLOTLY_JS = "plotly.min.js"
+
+
+class ShipError(ValueError):
+    """The comparison cannot be shipped as asked: one message, nothing written."""
+
+
+def default_name(reward: str) -> str:
+    """``geometry`` -> geometry; ``alignment:1,geometry:0.5`` -> alignment+geometry."""
+    names = [part.split(":")[0].strip() for part in reward.split(",") if part.strip()]
+    return "+".join(names)
+
+
+def finished_seeds(method_dir: Path) -> list[int]:
+    seeds = []
+    for status_path in sorted(method_dir.glob("seed*.status.json")):
+        status = json.loads(status_path.read_text())
+        seed = status_path.name[len("seed"):-len(".status.json")]
+        if status.get("state") == "finished" and seed.isdigit() and (method_dir / f"seed{seed}" / "adapter").is_dir():
+            seeds.append(int(seed))
+    return sorted(seeds)
+
+
+def _copy_run(src: Path, status: Path, rewards: Path, dst: Path, *, adapter: bool) -> None:
+    dst.mkdir(parents=True)
+    for name in RUN_CSVS:
+        if (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+    shutil.copy2(status, dst / "status.json")
+    if rewards.exists():
+        shutil.copy2(rewards, dst / "rewards.csv")
+    if adapter:
+        shutil.copytree(src / "adapter", dst / "adapter")
+        strips = sorted((src / "samples").glob("step_*.png"))
+        if strips:
+            (dst / "samples").mkdir()
+            for strip in dict.fromkeys((strips[0], strips[-1])):
+                shutil.copy2(strip, dst / "samples" / strip.name)
+
+
+def ship(comparison: Path, to: Path = DEFAULT_TO, name: str | None = None, force: bool = False) -> Path:
+    record_path = comparison / "comparison.json"
+    if not record_path.exists() or not (comparison / "summary.csv").exists():
+        raise ShipError(f"{comparison} holds no finished comparison (comparison.json and summary.csv); "
+                        "run bench/compare_methods.py to the end first.")
+    record = json.loads(record_path.read_text())
+    name = name or default_name(record["reward"])
+    if not re.fullmatch(r"[A-Za-z0-9_.+-]+", name) or name.startswith("."):
+        raise ShipError(f"--name {name!r}: use letters, digits, '+', '-', '_' and '.' (it becomes a folder name).")
+    dest = to / name
+    if dest.exists() and not force:
+        raise ShipError(f"{dest} exists; pass --force to replace it.")
+    runs = {m: finished_seeds(comparison / "runs" / m) for m in record["methods"]}
+    runs = {m: seeds for m, seeds in runs.items() if seeds}
+    if not runs:
+        raise ShipError(f"{comparison} has no finished run with an adapter; nothing to ship.")
+
+    to.mkdir(parents=True, exist_ok=True)
+    tmp = to / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.mkdir()
+        for item in ("report.md", "summary.csv", "comparison.json"):
+            shutil.copy2(comparison / item, tmp / item)
+        for item in ("chosen.json", "sweep.csv"):
+            if (comparison / "sweep" / item).exists():
+                (tmp / "sweep").mkdir(exist_ok=True)
+                shutil.copy2(comparison / "sweep" / item, tmp / "sweep" / item)
+        figures = comparison / "figures"
+        if figures.is_dir():
+            (tmp / "figures").mkdir()
+            for html in sorted(figures.glob("*.html")):
+                text = html.read_text(encoding="utf-8")
+                (tmp / "figures" / html.name).write_text(
+                    text.replace(f'src="{PLOTLY_JS}"', f'src="../../{PLOTLY_JS}"'), encoding="utf-8")
+            if (figures / PLOTLY_JS).exists() and not (to / PLOTLY_JS).exists():
+                shutil.copy2(figures / PLOTLY_JS, to / PLOTLY_JS)
+        for m, seeds in runs.items():
+            src_dir = comparison / "runs" / m
+            for k, seed in enumerate(seeds):
+                dst = tmp / m if k == 0 else tmp / m / "seeds" / f"seed{seed}"
+                _copy_run(src_dir / f"seed{seed}", src_dir / f"seed{seed}.status.json", src_dir / f"seed{seed}.rewards.csv",
+                          dst, adapter=k == 0)
+        if (comparison / "samples.png").exists():
+            shutil.copy2(comparison / "samples.png", tmp / "samples.png")
+        old = to / f".{name}.old-{uuid.uuid4().hex[:8]}"
+        if dest.exists():
+            dest.rename(old)
+        try:
+            tmp.rename(dest)
+        except OSError:
+            if old.exists():
+                old.rename(dest)  # the old runs back in place
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python bench/ship_runs.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("comparison", type=Path, help="a finished bench/compare_methods.py --out folder")
+    p.add_argument("--to", type=Path, default=DEFAULT_TO, help="the shipped runs folder (default checkpoints/runs)")
+    p.add_argument("--name", help="the reward's folder name (default: from the comparison's --reward)")
+    p.add_argument("--force", action="store_true", help="replace an existing <to>/<name>")
+    args = p.parse_args(argv)
+    try:
+        dest = ship(args.comparison, args.to, args.name, args.force)
+    except ShipError as err:
+        p.exit(2, f"error: {err}\n")
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"shipped {dest} ({size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
