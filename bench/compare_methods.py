@@ -11,7 +11,8 @@ much training wall time per run (whichever comes first; evaluation time is not c
 through the engine's own trainer (``engine.align.trainer.Trainer``) into ordinary run folders
 ``DIR/runs/<method>/seed<k>/``; the trainer evaluates the base and the run on the held-out prompts every
 ``eval_every`` steps and at the end (``engine.align.evaluate.RunEvaluator``). Every image the training
-reward scores is counted (``DIR/runs/<method>/seed<k>.rewards.csv``).
+reward scores is counted (``DIR/runs/<method>/seed<k>.rewards.csv``). The base's held-out scores are sampled
+once and shared by every run (``DIR/base_eval/``, keyed by everything they depend on).
 
 ``--sweep``: fair tuning. Every method gets the same sweep of 5 short runs on the training prompts (seed
 ``--sweep-seed``, ``--sweep-steps`` steps, no evaluation): 3 learning rates at the method's default
@@ -309,8 +310,9 @@ def run_is_done(status: dict | None, budget: float | None) -> bool:
     return status.get("stopped_by") == "time" and budget is not None and old is not None and old >= budget
 
 
-def train_run(config: RunConfig, folder: Path, budget: float | None, tag: str) -> dict:
-    """Trains (or resumes, or skips) one run folder; returns its status (also written beside it)."""
+def train_run(config: RunConfig, folder: Path, budget: float | None, tag: str, eval_cache: Path | None = None) -> dict:
+    """Trains (or resumes, or skips) one run folder; returns its status (also written beside it). ``eval_cache``:
+    where the base's held-out scores are shared between runs (sampled once per evaluation setting)."""
     from engine.align.trainer import Trainer, TrainingError
 
     status_path = folder.parent / f"{folder.name}.status.json"
@@ -321,7 +323,7 @@ def train_run(config: RunConfig, folder: Path, budget: float | None, tag: str) -
         return {**status, "skipped": True}
     t0 = time.perf_counter()
     try:
-        trainer = Trainer(config, folder, resume=folder.exists())
+        trainer = Trainer(config, folder, resume=folder.exists(), eval_cache=eval_cache)
     except (ValueError, FileNotFoundError) as err:  # e.g. the folder holds a run with other settings
         raise UsageError(f"{tag}: {err}") from None
     counter = RewardCounter(trainer.path)
@@ -850,7 +852,8 @@ def run(args) -> pd.DataFrame:
     for m in plan.methods:
         extra = chosen[m]["overrides"] if m in chosen else []
         for seed in plan.seeds:
-            train_run(plan.config(m, seed, extra), args.out / "runs" / m / f"seed{seed}", plan.budget, f"{m} seed{seed}")
+            train_run(plan.config(m, seed, extra), args.out / "runs" / m / f"seed{seed}", plan.budget, f"{m} seed{seed}",
+                      eval_cache=args.out / "base_eval")
     table, info = summarise(plan, chosen)
     table.to_csv(args.out / "summary.csv", index=False)
     figs, png = figures(plan, info)

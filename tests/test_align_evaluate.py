@@ -72,6 +72,28 @@ def test_base_against_itself_is_reproducible(evaluator):
     assert same(without_time(evaluator.evaluate()), without_time(base))  # sampled again: the same numbers
 
 
+def test_base_cache_samples_the_base_once_per_setting(tmp_path, monkeypatch):
+    """A comparison's runs share their base's scores on disk; another setting or other weights sample anew."""
+    model = random_model()
+    first = RunEvaluator(model, settings(), base_cache=tmp_path)
+    assert len(list(tmp_path.glob("base-*.safetensors"))) == 1
+    calls = []
+    original = RunEvaluator._sample_and_score
+    monkeypatch.setattr(RunEvaluator, "_sample_and_score", lambda self: calls.append(1) or original(self))
+    again = RunEvaluator(model, settings(), base_cache=tmp_path)
+    assert calls == [] and same(again.base_metrics(), first.base_metrics())
+    assert same(without_time(again.evaluate()), without_time(first.evaluate()))  # the run is still scored against it
+    calls.clear()
+    RunEvaluator(model, settings(seeds=[0, 2]), base_cache=tmp_path)
+    RunEvaluator(random_model(seed=1), settings(), base_cache=tmp_path)
+    assert calls == [1, 1] and len(list(tmp_path.glob("base-*.safetensors"))) == 3
+    for path in tmp_path.glob("base-*.safetensors"):
+        path.write_bytes(b"not safetensors")  # a damaged cache is sampled again, not trusted
+    calls.clear()
+    resampled = RunEvaluator(model, settings(), base_cache=tmp_path).base_metrics()
+    assert same(without_time(resampled), without_time(first.base_metrics())) and calls == [1]
+
+
 def test_an_adapter_changes_the_metrics_and_not_the_base(evaluator):
     before = evaluator.base_metrics()
     torch.manual_seed(3)

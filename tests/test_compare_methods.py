@@ -89,6 +89,7 @@ def test_run_folders_are_the_trainers(comparison):
             assert (config["method"], config["seed"], config["steps"], config["reward"]) == (method, seed, 2, "colorfulness")
             status = json.loads((run.parent / f"seed{seed}.status.json").read_text())
             assert status["state"] == "finished" and status["stopped_by"] == "steps" and status["steps"] == 2
+    assert len(list((comparison / "base_eval").glob("base-*.safetensors"))) == 1  # the base sampled once for all 4 runs
 
 
 def test_report_has_the_table_the_claims_and_the_figures(comparison):

@@ -21,19 +21,25 @@ one flat dict of floats with stable names (the trainer appends them to ``eval.cs
 
 Everything else is a function of the model, the settings and the thread count: the base is sampled once
 (adapters disabled) and cached, so each later ``evaluate()`` costs one sampling pass over the assets.
+With ``base_cache=DIR`` the base's scores are also kept on disk, keyed by everything they depend on (the
+base weights' fingerprint, the settings, the judge's weights, torch's version, thread count and device),
+so the runs of a comparison sample their shared base once instead of once each.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 from torch.nn.functional import normalize
 
@@ -109,7 +115,7 @@ class RunEvaluator:
     ``evaluate()`` scores the model as it is at the call (its active adapter).
     """
 
-    def __init__(self, model, settings: EvalSettings):
+    def __init__(self, model, settings: EvalSettings, base_cache: str | Path | None = None):
         self.model, self.settings = model, settings
         device = model.device
         weights = settings.reward_weights
@@ -128,9 +134,25 @@ class RunEvaluator:
         with torch.no_grad():
             self.prompt_embeds = self.judge.encode_text(settings.prompts)  # [P, D] unit
             self.labels = self.judge.label_embeds()  # encoded once, not per batch
-        with lora.adapters_disabled(model):
-            self.base = self._sample_and_score()
+        cached = Path(base_cache) / f"base-{self._base_key()}.safetensors" if base_cache else None
+        self.base = _load_scores(cached, tuple(self.rewards)) if cached else None
+        if self.base is None:
+            with lora.adapters_disabled(model):
+                self.base = self._sample_and_score()
+            if cached:
+                _save_scores(self.base, cached)
         self._base_metrics = self._summarise(self.base)
+
+    def _base_key(self) -> str:
+        """A digest of everything the base's scores depend on."""
+        judge = hashlib.sha256()
+        for name, tensor in sorted(self.judge.state_dict().items()):
+            judge.update(name.encode())
+            judge.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        what = {"base": lora.base_fingerprint(self.model), "model": type(self.model).__name__, "settings": asdict(self.settings),
+                "judge": judge.hexdigest(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "device": str(self.model.device), "dtype": str(next(self.model.parameters()).dtype)}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def _build_reward(self, name: str, weights: str | None):
         if name == "alignment" and weights is None:
@@ -199,6 +221,34 @@ class RunEvaluator:
         metrics["seconds_per_asset"] = run.seconds / A
         metrics["assets"] = float(A)
         return metrics
+
+
+_SCORE_FIELDS = ("features", "alignment", "category_ok", "color_ok", "dnc")
+
+
+def _save_scores(scores: _Scores, path: Path) -> None:
+    tensors = {k: getattr(scores, k).contiguous() for k in _SCORE_FIELDS}
+    tensors |= {f"reward/{n}": v.contiguous() for n, v in scores.rewards.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, tmp, metadata={"seconds": repr(scores.seconds)})
+    os.replace(tmp, path)
+
+
+def _load_scores(path: Path, rewards: tuple[str, ...]) -> _Scores | None:
+    """The cached scores, or None when there are none (or they are unreadable: they are then sampled again)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            names = set(f.keys())
+            if not {*_SCORE_FIELDS, *(f"reward/{n}" for n in rewards)} <= names:
+                return None
+            seconds = float(f.metadata()["seconds"])
+            fields = {k: f.get_tensor(k) for k in _SCORE_FIELDS}
+            return _Scores(rewards={n: f.get_tensor(f"reward/{n}") for n in rewards}, seconds=seconds, **fields)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError):
+        return None
 
 
 def _matches(predicted: list[str], truth: list[str | None]) -> Tensor:

@@ -119,8 +119,10 @@ class Trainer:
     """One finetuning run. ``model``: an already loaded base (the studio's), else loaded from the config;
     ``reward``: a Reward object instead of building ``config.reward`` from the registry."""
 
-    def __init__(self, config: RunConfig, out: str | Path, *, resume: bool = False, model=None, reward=None):
+    def __init__(self, config: RunConfig, out: str | Path, *, resume: bool = False, model=None, reward=None,
+                 eval_cache: str | Path | None = None):
         self.config = config.validate()
+        self.eval_cache = eval_cache  # a folder where the base's held-out scores are kept and shared between runs
         self.out = Path(out)
         self.world = World(config.device)
         if self.config.batch_size % self.world.size:
@@ -310,7 +312,7 @@ class Trainer:
             prompts = read_prompts(self.config.eval_prompts, EVAL_PROMPTS)
             settings = EvalSettings(prompts=prompts, seeds=list(range(self.config.eval_seeds)), steps=self.config.sampler_steps,
                                     guidance=self.config.guidance, reward_weights=dict(self.config.reward_weights))
-            self._evaluator = RunEvaluator(self.model, settings)
+            self._evaluator = RunEvaluator(self.model, settings, base_cache=self.eval_cache)
         return self._evaluator
 
     @torch.no_grad()
