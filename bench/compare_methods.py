@@ -54,10 +54,15 @@ SWEEP_LRS = (1e-4, 3e-4, 1e-3)
 # fields is set together (GRPO's symmetric clip range). A method missing here is swept over lr only.
 # Nabla-R2D3's beta multiplies the raw reward gradient, so its values here are per unit of the reward's
 # usual range (``value_range``; an ensemble's range-normalised terms count 1 per unit of weight) and are
-# divided by that span: colorfulness (range 110) gets beta {2.73, 27.3, 273}, geometry {300, 3000, 30000}.
+# divided by that span: colorfulness (range 110) gets beta {2.73e3, 2.73e4, 2.73e5}, geometry {3e5, 3e6, 3e7}.
+# Why so large (the paper's scripts use 1e5-5e7 too): the residual is c_j (eps - eps_ref) + g, and c_j is
+# ~1.5 at most steps but ~1e3 at the last one, which every trajectory trains; the last step's target shift
+# g/c_j is then tiny unless beta is huge, and its c_j^2-weighted term holds the shared LoRA near the base.
+# Measured (v1 base, colorfulness, batch 2, 10 sampler steps, lr 1e-3, 10 steps): per-unit beta 3e3 and 3e5
+# stayed at the base's rewards (66 and 70 at step 10), 3e6 climbed like ReFL (89 vs ReFL's 94 at step 10).
 # Every other knob is scale-free (Adam's step ignores a gradient's scale; DDPO/GRPO/NFT normalise rewards).
 SWEEP_KNOBS: dict[str, tuple[tuple[str, ...], tuple]] = {
-    "nabla-r2d3": (("nabla.beta",), (3e2, 3e3, 3e4)),
+    "nabla-r2d3": (("nabla.beta",), (3e5, 3e6, 3e7)),
     "refl": (("refl.first_fraction",), (0.5, 0.75, 0.9)),
     "draft": (("draft.k",), (1, 2, 4)),
     "alignprop": (("alignprop.k_max",), (2, 4, 8)),
@@ -65,7 +70,7 @@ SWEEP_KNOBS: dict[str, tuple[tuple[str, ...], tuple]] = {
     "grpo": (("grpo.clip_low", "grpo.clip_high"), (3e-5, 1e-4, 3e-4)),
     "diffusionnft": (("nft.beta",), (0.5, 1.0, 2.0)),
 }
-NABLA_BETA = 3e3  # the default beta per unit of reward range (the middle of the sweep's values)
+NABLA_BETA = 3e6  # the default beta per unit of reward range (the middle of the sweep's values)
 PICK_LAST = 5  # the sweep's score: mean training reward of the last this-many steps
 OWN_KEYS = {"method": "--methods", "reward": "--reward", "seed": "--seeds", "steps": "--steps"}  # never by --set
 SUMMARY_COLUMNS = [
