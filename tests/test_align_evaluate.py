@@ -86,7 +86,11 @@ def test_base_cache_samples_the_base_once_per_setting(tmp_path, monkeypatch):
     calls.clear()
     RunEvaluator(model, settings(seeds=[0, 2]), base_cache=tmp_path)
     RunEvaluator(random_model(seed=1), settings(), base_cache=tmp_path)
-    assert calls == [1, 1] and len(list(tmp_path.glob("base-*.safetensors"))) == 3
+    decoder_changed = random_model()
+    with torch.no_grad():  # the same denoiser with another decoder is another base
+        next(p for n, p in decoder_changed.named_parameters() if not n.startswith("transformer")).add_(0.1)
+    RunEvaluator(decoder_changed, settings(), base_cache=tmp_path)
+    assert calls == [1, 1, 1] and len(list(tmp_path.glob("base-*.safetensors"))) == 4
     for path in tmp_path.glob("base-*.safetensors"):
         path.write_bytes(b"not safetensors")  # a damaged cache is sampled again, not trusted
     calls.clear()

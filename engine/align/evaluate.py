@@ -145,13 +145,9 @@ class RunEvaluator:
 
     def _base_key(self) -> str:
         """A digest of everything the base's scores depend on."""
-        judge = hashlib.sha256()
-        for name, tensor in sorted(self.judge.state_dict().items()):
-            judge.update(name.encode())
-            judge.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        what = {"base": lora.base_fingerprint(self.model), "model": type(self.model).__name__, "settings": asdict(self.settings),
-                "judge": judge.hexdigest(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                "device": str(self.model.device), "dtype": str(next(self.model.parameters()).dtype)}
+        what = {"base": _weights_digest(self.model), "model": type(self.model).__name__, "settings": asdict(self.settings),
+                "judge": _weights_digest(self.judge), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "device": str(self.model.device)}
         return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
     def _build_reward(self, name: str, weights: str | None):
@@ -221,6 +217,19 @@ class RunEvaluator:
         metrics["seconds_per_asset"] = run.seconds / A
         metrics["assets"] = float(A)
         return metrics
+
+
+def _weights_digest(module: torch.nn.Module) -> str:
+    """SHA-256 of a module's base weights as they are (all of them: denoiser, decoder, ...; LoRA weights left out,
+    peft's ``base_layer`` wrapping ignored)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if "lora_" in name:
+            continue
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name.replace('.base_layer', '')}:{t.dtype}:{list(t.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
+    return digest.hexdigest()
 
 
 _SCORE_FIELDS = ("features", "alignment", "category_ok", "color_ok", "dnc")
