@@ -44,6 +44,7 @@ from engine.data.world import HELD_OUT, ObjectSpec, build, parse  # noqa: E402
 from engine.evaluator import DEFAULT_EVALUATOR, load_evaluator  # noqa: E402
 from engine.generate import generate, load_model, model_views, visible  # noqa: E402
 from engine.metrics import depth_normal_consistency, diversity, kid  # noqa: E402
+from engine.preview import normal_colors  # noqa: E402
 from engine.render import render  # noqa: E402
 from engine.splatter import decode_splatter  # noqa: E402
 
@@ -137,7 +138,7 @@ def evaluate(model, prompts, specs, ev, gt: GroundTruth, *, steps: int, guidance
             rows.append({"split": split, "category_ok": cats["category"][k] == spec.category, "colour_ok": cats["color"][k] == spec.color,
                          "rank_ok": int(rank[k]) == i, "dnc": float(dnc.reshape(len(seeds), 4)[k].mean())})
         if sheet is not None:
-            sheet.append(out.rgb[:, 0])
+            sheet.append(torch.cat([out.rgb[:, 0], normal_colors(out.normal[:, 0], out.alpha[:, 0])], dim=-1))
         print(f"[{i + 1}/{len(prompts)}] {prompt}: category {sum(c == spec.category for c in cats['category'])}/{len(seeds)}, "
               f"colour {sum(c == spec.color for c in cats['color'])}/{len(seeds)}", file=sys.stderr)
 
@@ -185,7 +186,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance", type=float, default=None, help="CFG scale (default: each model's own)")
     p.add_argument("--timing", type=int, default=8, help="prompts timed at batch 1")
-    p.add_argument("--sheet", help="write a contact sheet PNG (one row per prompt, one column per seed); with several "
+    p.add_argument("--sheet", help="write a contact sheet PNG (one row per prompt, per seed its colours and normals); with several "
                                    "checkpoints, one sheet each, numbered")
     args = p.parse_args(argv)
     if args.seeds < 2:
@@ -218,18 +219,18 @@ def main(argv=None) -> None:
 
 
 def write_sheet(rows: list[torch.Tensor], prompts: list[str], path: str) -> None:
-    """One row per prompt (its seeds left to right), the prompt written on the left."""
+    """One row per prompt (its seeds left to right, each as colours | normals), the prompt written on the left."""
     from PIL import Image, ImageDraw
 
-    tile = rows[0].shape[-1]
+    h, w = rows[0].shape[-2:]
     label_w = 260
-    sheet = Image.new("RGB", (label_w + tile * rows[0].shape[0], tile * len(rows)), "white")
+    sheet = Image.new("RGB", (label_w + w * rows[0].shape[0], h * len(rows)), "white")
     draw = ImageDraw.Draw(sheet)
     for r, (imgs, prompt) in enumerate(zip(rows, prompts)):
         for c, img in enumerate(imgs):
             arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
-            sheet.paste(Image.fromarray(arr), (label_w + c * tile, r * tile))
-        draw.text((6, r * tile + tile // 2 - 6), prompt, fill="black")
+            sheet.paste(Image.fromarray(arr), (label_w + c * w, r * h))
+        draw.text((6, r * h + h // 2 - 6), prompt, fill="black")
     tmp = Path(path).with_suffix(".tmp.png")
     sheet.save(tmp)
     os.replace(tmp, path)

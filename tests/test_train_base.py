@@ -147,9 +147,13 @@ def test_eval_base_compares_two_checkpoints_with_one_judge(first_run, tmp_path, 
     prompts.write_text("a red chair\n")
     out = str(first_run / "out")
     eval_base.main(["--prompts", str(prompts), "--seeds", "2", "--steps", "2", "--timing", "0",
-                    "--checkpoint", out, "--checkpoint", out])
+                    "--checkpoint", out, "--checkpoint", out, "--sheet", str(tmp_path / "sheet.png")])
     result = json.loads(capsys.readouterr().out)
     assert result["evaluator"].endswith("evaluator") and result["diversity_ground_truth"] > 0
     a, b = result["models"]
     assert a == b and a["checkpoint"] == out  # the same folder twice: the same figures, judged the same way
     assert {"category_accuracy", "diversity", "diversity_ratio", "autoencoder_psnr", "autoencoder_dnc", "dnc"} <= a.keys()
+    from PIL import Image
+
+    sheets = sorted(tmp_path.glob("sheet.*.png"))  # one per checkpoint: a row per prompt, colours | normals per seed
+    assert len(sheets) == 2 and Image.open(sheets[0]).size == (260 + 2 * 2 * 128, 128)
