@@ -1,6 +1,6 @@
 """Trains the embedded base model and its evaluator from scratch, in resumable stages.
 
-    python -m engine.train_base --work outputs/train_base --out checkpoints/tiny-base [--stage all] [--preset v1|v2]
+    python -m engine.train_base --work outputs/train_base --out checkpoints/tiny-base [--stage all] [--preset v2|v1]
 
 Stages (each skips what is already done and resumes from its last checkpoint):
     data         ground-truth splatter images of the procedural world (and evaluator renders)
@@ -90,7 +90,7 @@ EVALUATOR_FIELDS = ("seed", "resolution", "evaluator_images", "evaluator_seed_ba
 AE_CHANNELS = "rgb 3 | scale 3 | rotation 4 (w first) | opacity 1 | depth 1"
 
 
-def config_from(preset: str = "v1", overrides: dict | None = None) -> TrainBaseConfig:
+def config_from(preset: str = "v2", overrides: dict | None = None) -> TrainBaseConfig:
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     fields = PRESETS[preset] | (overrides or {})
@@ -411,7 +411,7 @@ def main(argv=None) -> None:
     p.add_argument("--work", type=Path, default=Path("outputs/train_base"))
     p.add_argument("--out", type=Path, default=Path("checkpoints/tiny-base"))
     p.add_argument("--stage", choices=("all",) + STAGES, default="all")
-    p.add_argument("--preset", choices=tuple(PRESETS), default="v1", help="the recipe (v1: the shipped weights)")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="v2", help="the recipe (v2: the shipped weights; v1: the first release)")
     p.add_argument("--config", type=Path, help="JSON with TrainBaseConfig fields to override on top of the preset")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the shipped weights were trained on the CPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads; a resumed run is bit-exact on the same count")
