@@ -27,9 +27,9 @@ def _check_fraction(name: str, value: float) -> None:
 class NablaConfig:
     """Nabla-R2D3: forward residual ∇-DB with the forward-looking reward gradient (research/nabla-r2d3.md §1.3-1.6)."""
 
-    # reward temperature: target p ∝ p_ref · exp(β r). On the tiny model 3e3 barely moves the samples: the last
-    # sampler step's score coefficient (~1e3) needs ~1e6 per unit of the reward's range (bench/compare_methods.py)
-    beta: float = 3e3
+    # On the tiny model 3e3 barely moves the samples: the last sampler step's score coefficient (~1e3) needs
+    # ~1e6 per unit of the reward's range (bench/compare_methods.py). The inline comment is the studio's help.
+    beta: float = 3e3  # reward temperature: target p ∝ p_ref · exp(β r)
     reg: float = 1e3  # λ: ε-space trust region to the sampling policy (only bites off-policy, see `lag`)
     strength: float = 1.0  # κ: weight of the reference score
     timestep_fraction: float = 0.4  # K = int(N · fraction) transitions per trajectory, the terminal one always
