@@ -67,8 +67,12 @@ def _open(page, tab: str):
 def _set_number(panel, label: str, value):
     """A slider's or number's typed value (the slider's box is 'number input for <label>')."""
     box = panel.get_by_label(label, exact=True)
-    box.fill(str(value))
-    box.press("Tab")  # gradio takes the value on blur
+    for _ in range(10):  # an earlier event's reply (e.g. the method's batch size) may still land and reset it
+        box.fill(str(value))
+        box.press("Tab")  # gradio takes the value on blur
+        panel.page.wait_for_timeout(300)
+        if float(box.input_value()) == float(value):
+            break
     assert float(box.input_value()) == float(value), f"{label} = {box.input_value()}, expected {value}"
 
 
