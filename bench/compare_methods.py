@@ -49,7 +49,9 @@ from engine.align.methods import METHODS  # noqa: E402
 from engine.align.trainer import write_csv  # noqa: E402
 
 NABLA = "nabla-r2d3"
-SWEEP_LRS = (1e-4, 3e-4, 1e-3)
+# Shipped runs are short (tens of steps), and an Adam step moves each weight by about lr, so 1e-4 would
+# barely leave the base; 3e-3 is the top (ReFL at 1e-3 already lowered geometry on v1).
+SWEEP_LRS = (3e-4, 1e-3, 3e-3)
 # one knob per method (config field names), 3 values with the engine's default among them. A tuple of
 # fields is set together (GRPO's symmetric clip range). A method missing here is swept over lr only.
 # Nabla-R2D3's beta multiplies the raw reward gradient, so its values here are per unit of the reward's

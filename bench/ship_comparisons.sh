@@ -22,8 +22,8 @@ REWARDS=("$@")
 [ ${#REWARDS[@]} -eq 0 ] && REWARDS=(geometry alignment colorfulness "alignment:1,geometry:0.5")
 for reward in "${REWARDS[@]}"; do
   name=$(python -c "import sys; print('+'.join(p.split(':')[0] for p in sys.argv[1].split(',')))" "$reward")
-  python bench/compare_methods.py --reward "$reward" --methods all --seeds 2 --steps 30 \
-    --sweep --sweep-steps 8 --threads 1 --resume --out "$OUT/$name" \
+  python bench/compare_methods.py --reward "$reward" --methods all --seeds 2 --steps 20 \
+    --sweep --sweep-steps 6 --threads 1 --resume --out "$OUT/$name" \
     --set batch_size=4 sampler_steps=10 render_resolution=64 eval_every=10 sample_every=10 checkpoint_every=5
   python bench/ship_runs.py "$OUT/$name" --name "$name" --force
 done
