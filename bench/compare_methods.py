@@ -709,9 +709,13 @@ def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_
     lines += ["", "## The paper's claims on this reward", ""]
     lines += [f"- {c}" for c in claims(plan, table, info)]
     lines += ["", "## Figures", ""]
-    lines += [f"- [{Path(f).stem}]({Path(f).relative_to(a.out).as_posix()})" for f in fig_paths]
-    lines.append("" if png else "\nPNG figures were not written: kaleido is not installed here (plotly needs it for "
-                                "static images); the HTML figures hold the same plots.")
+    for f in map(Path, fig_paths):
+        rel = f.relative_to(a.out).as_posix()
+        lines.append(f"- [{f.stem}]({rel}) (interactive)")
+        if png:
+            lines += ["", f"  ![{f.stem}]({rel[:-len('.html')]}.png)", ""]
+    lines.append("" if png else "\nPNG figures were not written: plotly needs kaleido and a Chrome/Chromium for static "
+                                "images; the HTML figures hold the same plots.")
     if sheet is not None:
         lines += ["", "## Samples beside the base (the reward-hacking check)", "",
                   "The same 4 held-out prompts and seeds, drawn by the base and by each method's final weights (first "
@@ -797,7 +801,11 @@ def figures(plan: Plan, info: dict) -> tuple[list[str], bool]:
         fig.write_html(path, include_plotlyjs={"inline": True}.get(plan.args.plotlyjs, plan.args.plotlyjs))
         paths.append(str(path))
         if png:
-            fig.write_image(folder / f"{name}.png")
+            try:  # kaleido drives a Chrome/Chromium; without one the HTML figures still stand
+                fig.write_image(folder / f"{name}.png")
+            except Exception as e:  # noqa: BLE001 - kaleido raises several kinds for a missing browser
+                log(f"PNG figures skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                png = False
     return paths, png
 
 

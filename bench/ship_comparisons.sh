@@ -8,13 +8,14 @@
 #     OUT=/elsewhere bash bench/ship_comparisons.sh  # the comparison folders (default outputs/comparison)
 #
 # Settings, the same for every method and reward: batch 4 trajectories x 10 sampler steps, reward renders
-# 64 px from 4 views; 30 optimiser steps per run, 2 seeds; held-out evaluation (24 prompts x 2 seeds) at
-# steps 0, 10, 20, 30; the sweep (3 learning rates, then 2 more values of one knob) at 8 steps per run.
-# Cost, from `python bench/align.py --steps 2 --set batch_size=4 sampler_steps=10 render_resolution=64`
-# (2 threads, v1 base): one step of every method together takes 35.8 s (ReFL 3.1 s ... Nabla-R2D3 6.9 s),
-# so per reward about 24 min of sweep, 36 min of final runs, 15 min of evaluation and samples: ~75 min,
-# ~5 h for all four, within the issue's 6 h. --threads 1 keeps the numbers reproducible on any machine
-# with one free core; two rewards may run side by side on 2 cores.
+# 64 px from 4 views; 20 optimiser steps per run, 2 seeds; held-out evaluation (24 prompts x 2 seeds) at
+# steps 0, 10, 20; the sweep (3 learning rates, then 2 more values of one knob) at 6 steps per run.
+# Cost at --threads 1 with two rewards side by side on the 2 cores (Nabla-R2D3 8.4 s a step, ReFL 3.3 s):
+# about 1 h per reward, so the four rewards take about 2 h of wall time in two streams of two, ~4 h of
+# core time, within the issue's 6 h. --threads 1 keeps the numbers reproducible on any machine with one
+# free core:
+#     bash bench/ship_comparisons.sh geometry alignment &
+#     bash bench/ship_comparisons.sh colorfulness alignment:1,geometry:0.5
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/comparison}

@@ -7,6 +7,7 @@ What lands in ``<to>/<name>/`` (small: LoRA adapters and CSVs; no optimiser stat
 
     report.md  summary.csv  comparison.json  sweep/{chosen.json,sweep.csv} (when swept)
     figures/*.html     the comparison's plotly figures, loading plotly.js from <to>/plotly.min.js (one copy for all)
+    figures/*.png      their static images, where the comparison could write them (kaleido)
     samples.png        the comparison's reward-hacking check (the base's samples beside every method's last)
     <method>/          the run of the first finished seed: adapter/, config.json, metrics.csv, eval.csv,
                        status.json, rewards.csv, samples/ (first and last strip). The studio lists it as
@@ -103,6 +104,8 @@ def ship(comparison: Path, to: Path = DEFAULT_TO, name: str | None = None, force
                 text = html.read_text(encoding="utf-8")
                 (tmp / "figures" / html.name).write_text(
                     text.replace(f'src="{PLOTLY_JS}"', f'src="../../{PLOTLY_JS}"'), encoding="utf-8")
+            for png in sorted(figures.glob("*.png")):
+                shutil.copy2(png, tmp / "figures" / png.name)
             if (figures / PLOTLY_JS).exists() and not (to / PLOTLY_JS).exists():
                 shutil.copy2(figures / PLOTLY_JS, to / PLOTLY_JS)
         for m, seeds in runs.items():

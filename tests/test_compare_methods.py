@@ -111,6 +111,7 @@ def test_report_has_the_table_the_claims_and_the_figures(comparison):
         assert "PNG figures were not written" in report
     else:
         assert (comparison / "figures" / "reward_vs_steps.png").exists()
+        assert "![reward_vs_steps](figures/reward_vs_steps.png)" in report
 
 
 def test_samples_sheet_shows_the_base_beside_every_method(comparison):
@@ -145,6 +146,8 @@ def test_ship_copies_what_the_studio_reads_and_nothing_heavy(comparison, tmp_pat
     for html in (dest / "figures").glob("*.html"):
         assert 'src="../../plotly.min.js"' in html.read_text()
     assert (to / "plotly.min.js").exists()  # one copy, shared by every reward's figures
+    assert sorted(p.name for p in (dest / "figures").glob("*.png")) == sorted(
+        p.name for p in (comparison / "figures").glob("*.png"))  # static images travel where kaleido made them
     labels = Catalogue(tmp_path / "studio-runs", shipped_dir=to).choices(("shipped",))
     assert labels == [f"shipped: colorfulness/{m}" for m in sorted(METHODS)]
 
