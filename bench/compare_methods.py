@@ -499,7 +499,9 @@ def mean_curve(runs: list[dict]) -> pd.DataFrame:
 
 
 def reach(curve: pd.DataFrame, target: float, higher: bool) -> tuple[float, float]:
-    """First evaluated step (and its mean training seconds) where the seed-mean held-out reward reaches target."""
+    """First evaluated step after the start (and its mean training seconds) where the seed-mean held-out
+    reward reaches target. Step 0 is the base itself, which reaches nothing by training."""
+    curve = curve[curve["step"] > 0]
     hit = curve[curve["heldout"] >= target] if higher else curve[curve["heldout"] <= target]
     if hit.empty or not math.isfinite(target):
         return float("nan"), float("nan")
@@ -537,6 +539,8 @@ def summarise(plan: Plan, chosen: dict) -> tuple[pd.DataFrame, dict]:
     baselines = {m: v for m, v in finals.items() if m != NABLA}
     best_baseline = max(baselines, key=lambda m: sign * baselines[m]) if baselines else None
     target = baselines[best_baseline] if best_baseline else float("nan")
+    # a gain to race to: when no baseline ends above the base, "steps to reach" it would only time the base
+    gained = math.isfinite(target) and sign * (target - base["heldout"]) > 0
     rows = []
     for m in plan.methods:
         runs, failed = per_method[m]
@@ -554,12 +558,13 @@ def summarise(plan: Plan, chosen: dict) -> tuple[pd.DataFrame, dict]:
                             ("kid_vs_base", lambda r: r["final"]["kid_vs_base"]),
                             ("diversity_delta", lambda r: r["final"]["diversity"] - r["base"]["diversity"])):
                 row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([fn(r) for r in runs])
-            row["steps_to_best_baseline"], row["seconds_to_best_baseline"] = reach(curves[m], target, higher)
+            row["steps_to_best_baseline"], row["seconds_to_best_baseline"] = (
+                reach(curves[m], target, higher) if gained else (float("nan"), float("nan")))
         row["base_reward"] = base["heldout"]
         row["setting"] = " ".join(chosen[m]["overrides"]) if m in chosen else ""
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
-    info = {"per_method": per_method, "curves": curves, "base": base, "best_baseline": best_baseline, "target": target,
+    info = {"per_method": per_method, "curves": curves, "base": base, "best_baseline": best_baseline, "target": target, "gained": gained,
             "notes": notes}
     return table, info
 
@@ -606,7 +611,13 @@ def claims(plan: Plan, table: pd.DataFrame, info: dict) -> list[str]:
     ns, nsec = nab["steps_to_best_baseline"], nab["seconds_to_best_baseline"]
     bs, bsec = b["steps_to_best_baseline"], b["seconds_to_best_baseline"]
     target = _num(info["target"])
-    if not math.isfinite(ns):
+    if not info["gained"]:
+        nab_gain = nab["delta_reward_mean"] * (1 if higher else -1)
+        out.append(f"**Faster convergence: {'holds' if nab_gain > 0 else 'not testable here'}.** No baseline's final "
+                   f"held-out reward beat the base's (best: {bb}, {target} vs base {_num(info['base']['heldout'])}), so there "
+                   f"is no baseline gain to race to; nabla-r2d3's final reward is {'above' if nab_gain > 0 else 'not above'} "
+                   f"the base's either (Δ {_signed(nab['delta_reward_mean'])}).")
+    elif not math.isfinite(ns):
         out.append(f"**Faster convergence: does not hold.** nabla-r2d3 never reached the best baseline's final reward ({target}) "
                    f"within {_num(nab['steps'])} steps ({_num(nab['seconds'], 3)} s); {bb} reached it at step {_num(bs)} "
                    f"({_num(bsec, 3)} s).")
@@ -683,7 +694,7 @@ def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_
         if not r["n_seeds"]:
             lines.append(f"| {r['method']} | no finished run | | | | | | |")
             continue
-        reach_ = "never" if not math.isfinite(r["steps_to_best_baseline"]) else \
+        reach_ = "— (no gain)" if not info["gained"] else "never" if not math.isfinite(r["steps_to_best_baseline"]) else \
             f"{_num(r['steps_to_best_baseline'])} ({_num(r['seconds_to_best_baseline'], 3)} s)"
         lines.append(f"| {r['method']} | {_pm(r['final_reward_mean'], r['final_reward_std'])} | "
                      f"{_pm(r['delta_reward_mean'], r['delta_reward_std'])} | {reach_} | "
@@ -693,7 +704,8 @@ def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_
     bb = info["best_baseline"]
     lines += ["", f"Best baseline: {bb or '—'} (final held-out reward {_num(info['target'])}). \"Steps to reach\" is the first "
               f"evaluated step where the seed-mean held-out reward reaches it (seconds: training time at that step, seed mean); "
-              "\"never\": not within the budget. Seconds are wall-clock and not reproducible; everything else is, for the "
+              "\"never\": not within the budget; \"— (no gain)\": no baseline ended above the base, so there is nothing to "
+              "reach. Seconds are wall-clock and not reproducible; everything else is, for the "
               "same seeds and thread count."]
     lines += ["", "Steps and seconds trained, images scored by the training reward (seed means):", ""]
     for r in table.to_dict("records"):
@@ -769,7 +781,7 @@ def figures(plan: Plan, info: dict) -> tuple[list[str], bool]:
             std = c["heldout_std"].fillna(0.0)
             if (c["n"] > 1).any():
                 fig.add_trace(go.Scatter(x=list(c[x]) + list(c[x])[::-1], y=list(c["heldout"] + std) + list(c["heldout"] - std)[::-1],
-                                         fill="toself", fillcolor=_rgba(col, 0.18), line=dict(width=0), hoverinfo="skip",
+                                         fill="toself", fillcolor=_rgba(col, 0.18), line=dict(width=0), mode="lines", hoverinfo="skip",
                                          showlegend=False, legendgroup=m))
             fig.add_trace(go.Scatter(x=c[x], y=c["heldout"], mode="lines+markers", name=m, line=dict(color=col), legendgroup=m))
         fig.add_hline(y=base["heldout"], line_dash="dot", line_color="grey", annotation_text="base")
@@ -791,8 +803,8 @@ def figures(plan: Plan, info: dict) -> tuple[list[str], bool]:
                                      error_y=dict(type="data", array=[0 if math.isnan(last["heldout_std"]) else last["heldout_std"]])))
     fig.add_trace(go.Scatter(x=[base["alignment"]], y=[base["heldout"]], mode="markers", name="base",
                              marker=dict(symbol="star", size=14, color="black")))
-    fig.update_layout(title="reward vs text-object alignment (held-out; each method from the base to its final point, "
-                            "seed means)", xaxis_title="alignment (evaluator cosine)", yaxis_title=title, template="plotly_white")
+    fig.update_layout(title="reward vs text-object alignment<br><sup>held-out; each method from the base to its final "
+                            "point, seed means</sup>", xaxis_title="alignment (evaluator cosine)", yaxis_title=title, template="plotly_white")
     made.append(("reward_vs_alignment", fig))
     png = importlib.util.find_spec("kaleido") is not None
     paths = []
