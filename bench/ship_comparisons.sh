@@ -13,8 +13,7 @@
 # Cost, measured at --threads 1 with two rewards side by side on the 2 cores: geometry 87 min, colorfulness
 # 95 min (about 25 min of sweep training, 40 min of final training, the rest evaluation and samples), so the
 # four rewards take about 3 h of wall time in two streams of two, ~6 core-hours: the 6 h. --threads 1
-# keeps the numbers reproducible on any machine with one
-# free core:
+# keeps the numbers reproducible on any machine with one free core:
 #     bash bench/ship_comparisons.sh geometry alignment &
 #     bash bench/ship_comparisons.sh colorfulness alignment:1,geometry:0.5
 set -euo pipefail
