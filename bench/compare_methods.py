@@ -615,8 +615,8 @@ def claims(plan: Plan, table: pd.DataFrame, info: dict) -> list[str]:
         nab_gain = nab["delta_reward_mean"] * (1 if higher else -1)
         out.append(f"**Faster convergence: {'holds' if nab_gain > 0 else 'not testable here'}.** No baseline's final "
                    f"held-out reward beat the base's (best: {bb}, {target} vs base {_num(info['base']['heldout'])}), so there "
-                   f"is no baseline gain to race to; nabla-r2d3's final reward is {'above' if nab_gain > 0 else 'not above'} "
-                   f"the base's either (Δ {_signed(nab['delta_reward_mean'])}).")
+                   f"is no baseline gain to race to; nabla-r2d3's final reward is "
+                   f"{'above the base' if nab_gain > 0 else 'not above the base either'} (Δ {_signed(nab['delta_reward_mean'])}).")
     elif not math.isfinite(ns):
         out.append(f"**Faster convergence: does not hold.** nabla-r2d3 never reached the best baseline's final reward ({target}) "
                    f"within {_num(nab['steps'])} steps ({_num(nab['seconds'], 3)} s); {bb} reached it at step {_num(bs)} "
