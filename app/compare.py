@@ -143,14 +143,17 @@ def curve_figures(entries: list[Entry]) -> tuple[go.Figure, go.Figure]:
 
 
 def _panels(groups: dict[str, list[tuple[str, pd.DataFrame, bool]]], x: str) -> go.Figure:
-    fig = make_subplots(rows=len(groups), cols=1, subplot_titles=[f"reward: {r}" for r in groups], vertical_spacing=0.12)
+    height = 60 + 300 * len(groups)
+    # the gap in px, as a fraction of the figure: room for a panel's x-axis title and the next panel's title
+    fig = make_subplots(rows=len(groups), cols=1, subplot_titles=[f"reward: {r}" for r in groups],
+                        vertical_spacing=110 / height)
     colour = 0  # one colour per run across panels
     for row, (reward, curves) in enumerate(groups.items(), start=1):
         colour = draw_curves(fig, curves, x=x, base_level=_base_level([f for _, f, _ in curves]), row=row, col=1,
                              colour=colour)
         fig.update_yaxes(title_text=reward, row=row, col=1)
         fig.update_xaxes(title_text=X_AXES[x], row=row, col=1)
-    fig.update_layout(title=f"Reward during training vs {X_AXES[x]}", height=60 + 300 * len(groups), template="plotly_white",
+    fig.update_layout(title=f"Reward during training vs {X_AXES[x]}", height=height, template="plotly_white",
                       margin={"l": 50, "r": 20, "t": 70, "b": 40}, legend={"orientation": "h", "y": -0.1})
     return fig
 
