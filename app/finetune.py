@@ -55,12 +55,18 @@ MAX_STEPS = 1000
 # halve the rollout twice, 64 px renders quarter the reward's cost. The price: a noisier curve (2 prompts a
 # step) and samples of a coarser sampler than generation's 20 steps. Samples every 5 steps cost one
 # 4-prompt sampling each. Set RunConfig's values in "Run settings" for runs comparable to the shipped ones.
-# Method, reward and lr: the one setting measured to climb within the first minutes here. On the same prompts
-# and seeds (10 steps, batch 2, lr 1e-3), ReFL on colorfulness went 61.7 -> 133 by step 8, while Nabla-R2D3
-# (beta 3e3 or 30) stayed at the base's level (52-94, step to step as the base's). On geometry at lr 1e-4
-# no method moved visibly within 12 steps. Nabla-R2D3 is one click away in the Method list.
+# Method, reward and lr: the quickest climb measured here. On base v2 with these defaults (colorfulness, seed 0,
+# 10 steps), ReFL went 43 -> 110; Nabla-R2D3 with its reward-scaled beta (below) climbed as much (43 -> 111)
+# but took 2.6x as long (94 s vs 36 s, cores busy): it takes its reward gradient at every trained transition.
+# On geometry at lr 1e-4 no method moved visibly within 12 steps. Nabla-R2D3 is one click away in the list.
 DEFAULTS = {"method": "refl", "reward": "colorfulness", "steps": 30, "seed": 0, "lr": 1e-3, "batch_size": 2,
             "sampler_steps": 10, "render_resolution": 64, "sample_every": 5}
+# Nabla-R2D3's beta multiplies the raw reward gradient, so a useful value depends on the reward's units: the
+# engine's default (3e3) leaves the tiny model at the base on every offline reward. The tab sets it per unit of
+# the reward's usual range (``value_range``) instead. Measured with the defaults above (colorfulness, range 110):
+# 3e7 per unit (beta 2.73e5) reached 111 at step 10, as ReFL; 3e6 per unit reached 87. In the shipped
+# comparison's sweeps (checkpoints/runs/) 3e7 and 3e6 tied on geometry and alignment to the 4th digit.
+NABLA_BETA_PER_RANGE = 3e7
 SMOOTH = 5  # steps in the moving average drawn over the live curve (a 2-prompt batch is noisy)
 SAMPLES_HEIGHT = 560  # px: the before | now image (about square), scaled down to fit
 
@@ -105,9 +111,25 @@ KNOBS = method_knobs()
 ALL_KNOBS = [k for knobs in KNOBS.values() for k in knobs]
 
 
-def _knob_component(knob: Knob):
+BETA_PARAM = "nabla_beta"
+
+
+def nabla_beta_for(reward: str) -> float | None:
+    """Nabla-R2D3's beta for a reward: NABLA_BETA_PER_RANGE over its usual range (3 significant digits);
+    None for a reward this server does not know."""
+    info = {i.name: i for i in list_rewards()}.get(reward)
+    if info is None:
+        return None
+    lo, hi = info.value_range
+    return float(f"{NABLA_BETA_PER_RANGE / (hi - lo):.3g}")
+
+
+def _knob_component(knob: Knob, reward: str):
     label = f"{KNOB_TITLES.get(knob.name, knob.name)}"
     info = knob.help or None
+    if knob.param == BETA_PARAM:  # follows the chosen reward (see NABLA_BETA_PER_RANGE)
+        return gr.Number(value=nabla_beta_for(reward), label=label,
+                         info=f"set from the reward: {NABLA_BETA_PER_RANGE:.0e} per unit of its usual range; {info}")
     if knob.type is bool:
         return gr.Checkbox(value=knob.default, label=label, info=info)
     if (knob.group, knob.name) in KNOB_CHOICES:
@@ -204,6 +226,8 @@ def build_config(values: dict, prompts_file: Path | None) -> RunConfig:
     for knob in KNOBS[method]:
         value = values.get(knob.param, knob.default)
         label = f"{knob.group}.{knob.name}"
+        if knob.param == BETA_PARAM and (value is None or not str(value).strip()):
+            value = nabla_beta_for(reward)  # not given: the reward's own scale
         if knob.type is bool:
             value = bool(value)
         elif knob.type in (int, float):
@@ -458,7 +482,8 @@ def _signature() -> inspect.Signature:
              "batch_size": DEFAULTS["batch_size"], "sampler_steps": DEFAULTS["sampler_steps"],
              "render_resolution": DEFAULTS["render_resolution"], "sample_every": DEFAULTS["sample_every"]}
     params = [P(name, P.POSITIONAL_OR_KEYWORD, default=fixed[name]) for name in FIXED_PARAMS]
-    params += [P(k.param, P.POSITIONAL_OR_KEYWORD, default=k.default) for k in ALL_KNOBS]
+    params += [P(k.param, P.POSITIONAL_OR_KEYWORD, default=None if k.param == BETA_PARAM else k.default)
+               for k in ALL_KNOBS]
     params += [P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
                P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress())]
     return inspect.Signature(params)
@@ -470,7 +495,8 @@ SIGNATURE = _signature()
 def run_finetune(*args, **kwargs):
     """Streams the run: (status, reward figure, before|now samples, per-step metrics table, adapter zip).
     Parameters by name for scripts: the fixed ones, then every method's knobs as <group>_<knob> (e.g.
-    nabla_beta, draft_k, ddpo_clip_range); only the chosen method's are used."""
+    nabla_beta, draft_k, ddpo_clip_range); only the chosen method's are used. nabla_beta left out follows the
+    reward (NABLA_BETA_PER_RANGE per unit of its range)."""
     bound = SIGNATURE.bind(*args, **kwargs)
     bound.apply_defaults()
     values = dict(bound.arguments)
@@ -489,6 +515,12 @@ def on_method_change(method: str, batch_size):
     size = int(batch_size or 1)
     fixed = size if size % group == 0 else group * max(1, math.ceil(size / group))
     return [gr.update(visible=(m == method)) for m in KNOBS] + [gr.update(value=fixed)]
+
+
+def on_reward_change(reward: str):
+    """Nabla-R2D3's beta follows the reward's scale (a reward typed in that cannot run keeps the value)."""
+    beta = nabla_beta_for(reward)
+    return gr.update() if beta is None else gr.update(value=beta)
 
 
 def on_prompt_source(source: str):
@@ -530,7 +562,7 @@ def build_tab() -> None:
                     if config_cls is not None and config_cls.__doc__:
                         gr.Markdown(config_cls.__doc__.strip().splitlines()[0])
                     for knob in knobs:
-                        knob_inputs.append(_knob_component(knob))
+                        knob_inputs.append(_knob_component(knob, reward.value))
                 groups.append(box)
             with gr.Row():
                 start = gr.Button("Start", variant="primary")
@@ -549,6 +581,8 @@ def build_tab() -> None:
     inputs = [method, reward, steps, prompt_source, prompts, seed, lr, batch_size, sampler_steps, render_resolution,
               sample_every, *knob_inputs]
     method.change(on_method_change, [method, batch_size], [*groups, batch_size], queue=False, api_visibility="private")
+    beta = knob_inputs[[k.param for k in ALL_KNOBS].index(BETA_PARAM)]
+    reward.change(on_reward_change, reward, beta, queue=False, api_visibility="private")
     prompt_source.change(on_prompt_source, prompt_source, prompts, queue=False, api_visibility="private")
     start.click(note_waiting, None, None, queue=False, api_visibility="private")
     start.click(run_finetune, inputs, [status, plot, samples, table, zipped], api_name="finetune",

@@ -150,7 +150,16 @@ def test_generate_tab_makes_an_asset(page):
 
 def test_finetune_tab_streams_a_live_curve_and_stops(page):
     panel = _open(page, "Finetune")
-    _choose(panel, "Reward", "colorfulness")
+    _choose(panel, "Method", "Nabla-R2D3")  # its β follows the reward's scale (3e7 per unit of range)
+    beta = panel.get_by_label("β (beta)", exact=True).locator("visible=true")
+    for reward, value in (("geometry", 3e7), ("colorfulness", 2.73e5)):
+        _choose(panel, "Reward", reward)
+        for _ in range(20):
+            if float(beta.input_value() or "nan") == value:
+                break
+            page.wait_for_timeout(300)
+        assert float(beta.input_value()) == value, (reward, beta.input_value())
+    _choose(panel, "Method", "ReFL")
     _set_number(panel, "number input for Steps (optimiser steps)", 60)  # stopped long before
     panel.get_by_text("Run settings (cost per step)").click()
     _set_number(panel, "number input for Batch size (trajectories per step)", 1)

@@ -123,6 +123,22 @@ def test_method_knobs_come_from_the_engine_config():
     assert [u["visible"] for u in updates[:-1]] == [m == "grpo" for m in METHODS] and updates[-1]["value"] == 4
 
 
+def test_nabla_beta_follows_the_reward_scale():
+    """The engine's beta (3e3) leaves the tiny model at the base; the tab's is 3e7 per unit of the reward's
+    range, unless the user sets one."""
+    from app import finetune
+
+    assert finetune.nabla_beta_for("colorfulness") == 2.73e5 and finetune.nabla_beta_for("geometry") == 3e7
+    assert finetune.nabla_beta_for("alignment") == 5e7 and finetune.nabla_beta_for("no-such") is None
+    assert finetune.on_reward_change("colorfulness")["value"] == 2.73e5
+    assert "value" not in finetune.on_reward_change("no-such")  # a reward typed in: the value is kept
+    bound = finetune.SIGNATURE.bind(method="nabla-r2d3", reward="colorfulness")
+    bound.apply_defaults()
+    values = {k: v for k, v in bound.arguments.items() if k not in ("request", "progress")}
+    assert finetune.build_config(values, None).nabla.beta == 2.73e5  # an API call without nabla_beta
+    assert finetune.build_config({**values, "nabla_beta": 10.0}, None).nabla.beta == 10.0
+
+
 def test_a_closed_page_ends_the_run_saved_and_frees_the_server(tmp_path):
     """The page goes away mid-run (gradio drops the event's generator): the run still ends after its step,
     its folder is saved, and the next finetune can start. Also: the user's own prompt list is kept for --resume."""
