@@ -185,6 +185,43 @@ def test_resume_skips_finished_runs_and_a_second_start_is_refused(comparison, ti
     assert exit_.value.code == 2 and "pass --resume" in capsys.readouterr().err
 
 
+def test_report_only_rewrites_the_report_from_the_finished_runs(comparison, tiny, capsys, tmp_path):
+    runs = sorted((comparison / "runs").rglob("*.csv"))
+    before = [f.read_bytes() for f in runs]
+    summary = pd.read_csv(comparison / "summary.csv")
+    (comparison / "report.md").unlink()
+    (comparison / "samples.png").unlink()
+    capsys.readouterr()
+    cm.main(_argv(tiny, comparison, "--report-only"))
+    err = capsys.readouterr().err
+    assert "step 1/2" not in err and "skipped" not in err  # nothing trained, no run even looked at for resuming
+    assert [f.read_bytes() for f in runs] == before
+    assert (comparison / "report.md").exists() and (comparison / "samples.png").exists()
+    pd.testing.assert_frame_equal(pd.read_csv(comparison / "summary.csv"), summary)
+    with pytest.raises(SystemExit) as exit_:
+        cm.main(_argv(tiny, tmp_path / "empty", "--report-only"))
+    assert exit_.value.code == 2 and "holds no comparison" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
+
+
+def test_forgetting_leaves_out_what_the_reward_trains():
+    """Trained on alignment, a smaller alignment gain is the reward gap again, not better retention."""
+    from types import SimpleNamespace
+
+    row = {"n_seeds": 2, "final_reward_mean": 0.66, "final_reward_std": 0.003, "delta_reward_mean": 0.008,
+           "steps_to_best_baseline": float("nan"), "seconds_to_best_baseline": float("nan"), "steps": 20, "seconds": 200.0,
+           "alignment_delta_mean": 0.008, "category_acc_delta_mean": 0.0, "kid_vs_base_mean": -5e-5, "diversity_delta_mean": 0.0}
+    table = pd.DataFrame([{**row, "method": "nabla-r2d3"},
+                          {**row, "method": "alignprop", "final_reward_mean": 0.676, "alignment_delta_mean": 0.023}])
+    info = {"best_baseline": "alignprop", "target": 0.676, "gained": True, "base": {"heldout": 0.652}}
+    plan = SimpleNamespace(methods=["nabla-r2d3", "alignprop"], higher_is_better=True, eval_every=10, reward_terms={"geometry"})
+    assert "alignment Δ +0.008 vs +0.023 (worse)" in cm.claims(plan, table, info)[2]
+    plan.reward_terms = {"alignment", "geometry"}
+    forgetting = cm.claims(plan, table, info)[2]
+    assert forgetting.startswith("**Less forgetting: holds** (nabla-r2d3 as good as or better than alignprop on 3 of 3 measures)")
+    assert "alignment Δ +" not in forgetting and "Alignment Δ is left out" in forgetting
+
+
 def test_same_seed_gives_the_same_numbers(comparison, tiny):
     """A second comparison with one of the runs reproduces it exactly (same thread count)."""
     out = tiny / "again"
@@ -260,7 +297,7 @@ def test_convergence_is_not_timed_against_the_base():
            "steps_to_best_baseline": float("nan"), "seconds_to_best_baseline": float("nan"), "steps": 20, "seconds": 200.0,
            "alignment_delta_mean": -0.03, "category_acc_delta_mean": -0.2, "kid_vs_base_mean": 2e-5, "diversity_delta_mean": 0.0}
     table = pd.DataFrame([{**row, "method": "nabla-r2d3"}, {**row, "method": "grpo", "final_reward_mean": 0.52}])
-    plan = SimpleNamespace(methods=["nabla-r2d3", "grpo"], higher_is_better=True, eval_every=10)
+    plan = SimpleNamespace(methods=["nabla-r2d3", "grpo"], higher_is_better=True, eval_every=10, reward_terms={"geometry"})
     info = {"best_baseline": "grpo", "target": 0.52, "gained": False, "base": {"heldout": 0.53}}
     faster = cm.claims(plan, table, info)[1]
     assert faster.startswith("**Faster convergence: not testable here.**") and "no baseline gain to race to" in faster
