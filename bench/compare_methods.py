@@ -48,6 +48,7 @@ import torch  # noqa: E402
 from engine.align.config import RunConfig  # noqa: E402
 from engine.align.methods import METHODS  # noqa: E402
 from engine.align.trainer import write_csv  # noqa: E402
+from engine.rewards import parse_ensemble  # noqa: E402
 
 NABLA = "nabla-r2d3"
 # Shipped runs are short (tens of steps), and an Adam step moves each weight by about lr, so 1e-4 would
@@ -183,7 +184,7 @@ class Plan:
         self.sets = list(args.set)
         self.user_keys = {s.partition("=")[0].strip() for s in self.sets}
         self.heldout, self.higher_is_better, self.reward_span = heldout_reward(args.reward, self.weights)
-        self.reward_terms = {part.split(":")[0].strip() for part in args.reward.split(",") if part.strip()}
+        self.reward_terms = {name for name, _ in parse_ensemble(args.reward)}  # the spec is checked just above
         if args.sweep:
             for m in self.methods:
                 clash = sorted(self.user_keys & {"lr", *SWEEP_KNOBS.get(m, ((),))[0]})
@@ -260,7 +261,7 @@ def heldout_reward(spec: str, weights: dict[str, str]):
     (the usual range of a bare reward; the sum of |weights| of an ensemble's normalised terms). Also checks
     the spec can run and be evaluated."""
     from engine.align.evaluate import DEFAULT_REWARDS
-    from engine.rewards import list_rewards, normalise, parse_ensemble
+    from engine.rewards import list_rewards, normalise
 
     try:
         terms = parse_ensemble(spec)
