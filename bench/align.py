@@ -1,22 +1,36 @@
-"""Alignment benchmarks on this machine: what one optimiser step of every method costs, and how fast a
-live Nabla-R2D3 run gains.
+"""Alignment benchmarks on this machine: what one optimiser step of every method costs, how fast sampling
+and held-out evaluation run, and (``--against REV``) all of it against another revision in the same run.
 
-    python bench/align.py                       # every method, default settings, shipped tiny model
-    python bench/align.py --methods nabla-r2d3 refl --steps 3 --reward geometry
+    python bench/align.py                          # every method's step at the study's settings, this tree
+    python bench/align.py --against HEAD~3         # steps, sampling and evaluation: REV vs this tree, alternating
+    python bench/align.py --against REV --only sampling eval --repeats 2
+    python bench/align.py --pair                   # two runs side by side (1 thread each) vs one run with 2 threads
     python bench/align.py --live 30 --checkpoints 3,10,30   # held-out reward vs wall time (minutes)
 
-Step costs: one JSON line per method (each in a fresh process, so peak memory is its own): median
-seconds per optimiser step after a warm-up step, the split (sampling / denoiser passes / decode + render
-/ reward), denoiser forward and backward passes per trajectory (a CFG pair counts as two), peak RSS,
-and the step's cost as a ratio to sampling the same trajectories. Live: one run, its held-out reward
-(fixed prompts and seeds, outside the training steps) measured at the given minutes of training time;
-the evaluation's own time is not counted.
+Settings: the study's (batch 4, 10 sampler steps, 64 px reward renders from 4 views, geometry), one torch
+thread, unless ``--set`` / ``--threads`` say otherwise. Every measurement runs in a fresh process (its own
+peak memory, nothing carried over) and prints one JSON line:
+
+- ``step``: median seconds per optimiser step after a warm-up step, the split (sampling / denoiser calls /
+  decode + render / reward; backward passes are the rest), denoiser rows per trajectory, peak RSS, and the
+  step's cost as a ratio to sampling the same trajectories;
+- ``sampling``: seconds per asset of 20-step CFG sampling at batch 1 and 8, the denoiser's model FLOPs per
+  asset (as the stock diffusers forward counts them: linear layers, convolutions and attention), the
+  achieved GFLOP/s, and this machine's fp32 GEMM rate measured in the same process at the same thread
+  count (a 1024³ matrix product): the fraction is the physical limit the denoiser is measured against;
+- ``eval``: seconds for one held-out evaluation of a run (a LoRA-adapted model, ``--eval-prompts`` held-out
+  prompts x 2 seeds at the run's sampler steps, 128 px), the base's once-per-run pass apart.
+
+With ``--against REV`` each measurement runs on a git worktree of REV and on this tree, alternating
+(REV first, then this tree, then the other order on the next repeat), and a table of before / after /
+ratio closes the output. Timings on a shared machine drift; ratios from one run hold, absolute times do not.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -25,15 +39,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from engine.align import METHODS, RunConfig, Trainer  # noqa: E402
-from engine.models.base import SplatDiffusionModel  # noqa: E402
+STUDY = ["batch_size=4", "sampler_steps=10", "render_resolution=64", "reward_views=4", "reward=geometry"]
+KINDS = ("step", "sampling", "eval")
 
 
+# ------------------------------------------------------------------------------- measurements (child)
 class Clock:
     """Wall time and rows per part of a step, gathered by wrapping the model's and reward's calls."""
 
@@ -43,6 +54,8 @@ class Clock:
         self._depth = 0
 
     def wrap(self, owner, name: str, part: str, count_rows: bool = False):
+        import torch
+
         original = getattr(owner, name)
         clock = self
 
@@ -65,7 +78,11 @@ class Clock:
         setattr(owner, name, timed)
 
 
-def one_method(method: str, steps: int, overrides: list[str]) -> dict:
+def measure_step(method: str, steps: int, overrides: list[str]) -> dict:
+    import torch
+    from engine.align import RunConfig, Trainer
+    from engine.models.base import SplatDiffusionModel
+
     cfg = RunConfig(method=method, steps=steps + 1, sample_every=0, checkpoint_every=0).apply_overrides(overrides)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run")
@@ -84,18 +101,199 @@ def one_method(method: str, steps: int, overrides: list[str]) -> dict:
     step = statistics.median(r["sample_seconds"] + r["update_seconds"] for r in rows)
     sample = statistics.median(r["sample_seconds"] for r in rows)
     med = lambda k: statistics.median(s[k] for s in splits)  # noqa: E731
-    per_traj = cfg.batch_size
     return {
         "method": method, "reward": cfg.reward, "batch": cfg.batch_size, "sampler_steps": cfg.sampler_steps,
         "step_s": round(step, 3), "sampling_s": round(sample, 3), "denoiser_s": round(med("denoiser"), 3),
         "render_s": round(med("render"), 3), "reward_s": round(med("reward"), 3),
-        "denoiser_fwd_per_traj": med("fwd") / per_traj, "denoiser_bwd_per_traj": med("bwd") / per_traj,
+        "denoiser_fwd_per_traj": med("fwd") / cfg.batch_size, "denoiser_bwd_per_traj": med("bwd") / cfg.batch_size,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "step_over_sampling": round(step / sample, 2), "threads": torch.get_num_threads(),
+        "step_over_sampling": round(step / sample, 2),
     }
 
 
+def gemm_gflops(repeats: int = 10, n: int = 1024) -> float:
+    """This process's fp32 matrix-product rate at the current thread count (best of ``repeats``)."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _model_flops(model, x, t, cond, uncond, guidance) -> int:
+    """FLOPs of one CFG call as the stock forward computes it (the model's own arithmetic)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from engine.sampling import guided_eps
+
+    def attention(q, k, v, *args, **kwargs):  # QKᵀ and PV (the CPU flash kernel has no formula of its own)
+        return 4 * q[0] * q[1] * q[2] * k[2] * q[3]
+
+    ops = {getattr(torch.ops.aten, n): attention for n in ("_scaled_dot_product_flash_attention_for_cpu",)
+           if hasattr(torch.ops.aten, n)}
+    lean = getattr(model, "lean_forward", None)
+    if lean is not None:
+        model.lean_forward = False
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=ops) as counter:
+            guided_eps(model, x, t, cond, uncond, guidance)
+    finally:
+        if lean is not None:
+            model.lean_forward = lean
+    return counter.get_total_flops()
+
+
+def measure_sampling(batches: list[int], steps: int, repeats: int) -> dict:
+    import torch
+    from engine.generate import load_model
+    from engine.sampling import sample
+
+    model = load_model("tiny")
+    prompts = ["a red chair", "a blue car with yellow wheels", "a green mushroom with a white stem", "a yellow lamp",
+               "a purple rocket", "a white snowman", "an orange cup", "a black umbrella"]
+    out = {"steps": steps, "guidance": model.guidance_default}
+    for B in batches:
+        cond = model.encode_prompts([prompts[i % len(prompts)] for i in range(B)])
+        null = model.encode_prompts([""])
+        gens = lambda: [torch.Generator().manual_seed(i) for i in range(B)]  # noqa: E731
+        run = lambda: sample(model, cond, null, steps=steps, guidance=model.guidance_default, generator=gens())  # noqa: E731
+        run()
+        per_asset = statistics.median(_timed(run) for _ in range(repeats)) / B
+        flops = _model_flops(model, torch.randn(B, *model.latent_shape), torch.tensor(500), cond, null.repeat(B),
+                             model.guidance_default) * steps / B
+        out[f"b{B}_s_per_asset"] = round(per_asset, 4)
+        out[f"b{B}_gflop_per_asset"] = round(flops / 1e9, 2)
+        out[f"b{B}_gflops"] = round(flops / per_asset / 1e9, 1)
+    out["gemm_gflops"] = round(gemm_gflops(), 1)
+    for B in batches:
+        out[f"b{B}_gemm_fraction"] = round(out[f"b{B}_gflops"] / out["gemm_gflops"], 3)
+    return out
+
+
+def measure_eval(prompt_count: int, steps: int, seeds: int) -> dict:
+    import torch
+    from engine.align import lora
+    from engine.align.evaluate import EvalSettings, RunEvaluator
+    from engine.align.trainer import EVAL_PROMPTS, read_prompts
+    from engine.generate import load_model
+
+    model = load_model("tiny")
+    torch.manual_seed(0)
+    lora.add_lora(model, init="random")  # an adapter that changes the output, as a trained run's does
+    settings = EvalSettings(prompts=read_prompts(None, EVAL_PROMPTS)[:prompt_count], seeds=list(range(seeds)), steps=steps)
+    t0 = time.perf_counter()
+    evaluator = RunEvaluator(model, settings)
+    base = time.perf_counter() - t0
+    run = _timed(evaluator.evaluate)
+    assets = prompt_count * seeds
+    return {"assets": assets, "steps": steps, "evaluate_s": round(run, 2), "evaluate_s_per_asset": round(run / assets, 3),
+            "base_s": round(base, 2)}
+
+
+def child(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.kind == "step":
+        out = measure_step(args.method, args.steps, args.set)
+    elif args.kind == "sampling":
+        out = measure_sampling([1, 8], 20, args.repeats_inner)
+    else:
+        cfg_steps = next((int(s.split("=")[1]) for s in args.set if s.startswith("sampler_steps=")), 20)
+        out = measure_eval(args.eval_prompts, cfg_steps, 2)
+    print(json.dumps({"kind": args.kind, **out, "threads": torch.get_num_threads()}), flush=True)
+
+
+# ------------------------------------------------------------------------------------ driver (parent)
+def _command(root: Path, kind: str, args, method: str | None = None, threads: int | None = None) -> list[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--root", str(root), "--threads",
+           str(threads or args.threads), "--steps", str(args.steps), "--eval-prompts", str(args.eval_prompts), "--set", *args.set]
+    return cmd + (["--method", method] if method else [])
+
+
+def _env(threads: int) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def _run(cmd: list[str], threads: int) -> dict:
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(threads))
+    if out.returncode != 0:
+        return {"error": out.stderr[-600:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _items(args) -> list[tuple[str, str | None]]:
+    items = [("step", m) for m in args.methods] if "step" in args.only else []
+    return items + [(k, None) for k in ("sampling", "eval") if k in args.only]
+
+
+KEYS = {"step": ("step_s", "sampling_s"), "sampling": ("b1_s_per_asset", "b8_s_per_asset"), "eval": ("evaluate_s",)}
+
+
+def against(args) -> None:
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.against], capture_output=True, text=True)
+    if rev.returncode != 0:
+        sys.exit(f"error: {args.against!r} is not a revision of this repository ({rev.stderr.strip()}).")
+    with tempfile.TemporaryDirectory(prefix="r2d3-against-") as tmp:
+        tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "--quiet", str(tree), args.against], check=True)
+        try:
+            results: dict[tuple, dict[str, list[dict]]] = {}
+            for r in range(args.repeats):
+                for kind, method in _items(args):
+                    order = [("before", tree), ("after", ROOT)]
+                    for label, root in order if r % 2 == 0 else order[::-1]:
+                        res = _run(_command(root, kind, args, method), args.threads)
+                        res.update(tree=label, rev=rev.stdout.strip() if label == "before" else "this tree")
+                        print(json.dumps(res), flush=True)
+                        results.setdefault((kind, method), {}).setdefault(label, []).append(res)
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], capture_output=True)
+    print(f"\n| measurement | before ({rev.stdout.strip()}) | after | before / after |\n|---|---|---|---|")
+    for (kind, method), by in results.items():
+        for key in KEYS[kind]:
+            values = {label: [x[key] for x in runs if key in x] for label, runs in by.items()}
+            if not values.get("before") or not values.get("after"):
+                print(f"| {kind} {method or ''} {key} | failed | | |")
+                continue
+            b, a = statistics.median(values["before"]), statistics.median(values["after"])
+            print(f"| {kind} {method or ''} {key} | {b:.3f} | {a:.3f} | {b / a:.2f}x |")
+    for (kind, _), by in results.items():
+        if kind == "sampling":
+            for label in ("before", "after"):
+                x = by[label][-1]
+                if "gemm_gflops" in x:
+                    print(f"| sampling GEMM fraction, {label} | batch 1: {x['b1_gemm_fraction']:.0%} ({x['b1_gflops']} GFLOP/s) | "
+                          f"batch 8: {x['b8_gemm_fraction']:.0%} ({x['b8_gflops']} GFLOP/s) | fp32 GEMM {x['gemm_gflops']} GFLOP/s |")
+
+
+def pair(args) -> None:
+    """Two runs side by side with one thread each vs one run with two threads: steps per minute of both."""
+    for method in args.methods:
+        alone = _run(_command(ROOT, "step", args, method, threads=2), 2)
+        procs = [subprocess.Popen(_command(ROOT, "step", args, method, threads=1), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True, env=_env(1)) for _ in range(2)]
+        both = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+        one_run = 60 / alone["step_s"]
+        side_by_side = sum(60 / b["step_s"] for b in both)
+        print(json.dumps({"method": method, "one_run_2_threads_step_s": alone["step_s"],
+                          "two_runs_1_thread_step_s": [b["step_s"] for b in both],
+                          "steps_per_min_one_run": round(one_run, 2), "steps_per_min_two_runs": round(side_by_side, 2),
+                          "winner": "two runs, one thread each" if side_by_side > one_run else "one run, two threads"}), flush=True)
+
+
 def live(minutes: float, checkpoints: list[float], overrides: list[str], held_out: int) -> dict:
+    from engine.align import RunConfig, Trainer
+
     cfg = RunConfig(method="nabla-r2d3", steps=10**6, sample_every=0, checkpoint_every=0).apply_overrides(overrides)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run")
@@ -121,26 +319,47 @@ def live(minutes: float, checkpoints: list[float], overrides: list[str], held_ou
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="*", default=list(METHODS))
+    p.add_argument("--methods", nargs="*", default=None, help="methods whose step is timed (default: every one; --pair: nabla-r2d3 refl)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per method (after one warm-up step)")
-    p.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. reward=geometry nabla.beta=1e6")
+    p.add_argument("--set", nargs="*", default=None, help=f"config overrides (default: the study's, {' '.join(STUDY)})")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--against", metavar="REV", help="also measure git revision REV (a worktree), alternating with this tree")
+    p.add_argument("--only", nargs="*", choices=KINDS, default=None, help="with --against: which measurements (default: all)")
+    p.add_argument("--repeats", type=int, default=1, help="with --against: rounds of every measurement")
+    p.add_argument("--eval-prompts", type=int, default=8, help="held-out prompts in the evaluation measurement (x 2 seeds)")
+    p.add_argument("--pair", action="store_true", help="two runs with one thread each vs one run with two threads")
     p.add_argument("--live", type=float, help="minutes of a live Nabla-R2D3 run")
     p.add_argument("--checkpoints", default="3", help="minutes at which the live run's held-out reward is measured")
     p.add_argument("--held-out", type=int, default=3, help="held-out batches (of batch_size prompts) per measurement")
-    p.add_argument("--one", help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=KINDS, help=argparse.SUPPRESS)
+    p.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)
+    p.add_argument("--method", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.set = STUDY if args.set is None else args.set
+    args.repeats_inner = 3
+    if args.child:  # one measurement, importing the engine of --root
+        sys.path.insert(0, args.root)
+        args.kind = args.child
+        child(args)
+        return
+    sys.path.insert(0, str(ROOT))
+    from engine.align import METHODS
+
+    args.methods = args.methods or (["nabla-r2d3", "refl"] if args.pair else list(METHODS))
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        p.error(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
     if args.live:
         marks = [float(x) for x in args.checkpoints.split(",") if x]
         print(json.dumps(live(args.live, marks, args.set, args.held_out)))
-        return
-    if args.one:
-        print(json.dumps(one_method(args.one, args.steps, args.set)))
-        return
-    for method in args.methods:  # a fresh process each: its own peak memory, no state carried over
-        out = subprocess.run([sys.executable, __file__, "--one", method, "--steps", str(args.steps), "--set", *args.set],
-                             capture_output=True, text=True)
-        line = out.stdout.strip().splitlines()[-1] if out.returncode == 0 else json.dumps({"method": method, "error": out.stderr[-400:]})
-        print(line, flush=True)
+    elif args.pair:
+        pair(args)
+    elif args.against:
+        args.only = args.only or list(KINDS)
+        against(args)
+    else:
+        for method in args.methods:
+            print(json.dumps(_run(_command(ROOT, "step", args, method), args.threads) | {"method": method}), flush=True)
 
 
 if __name__ == "__main__":

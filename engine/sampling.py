@@ -58,10 +58,21 @@ class Trajectory:
 
 
 @dataclass
+class StepGraph:
+    """One sampler step's model call for some of the assets, kept with its autograd graph so that a trainer
+    can differentiate the very pass that sampled (no second forward). ``latents`` is a leaf of its own."""
+
+    rows: Tensor  # [r] long: the assets (rows of the batch) the call covers
+    latents: Tensor  # [r, ...] x_j as the call saw it (requires grad when the input gradient was asked for)
+    eps: Tensor  # [r, ...] the CFG-combined ε, attached to the graph
+
+
+@dataclass
 class Sample:
-    latents: Tensor  # x_T, the final latents [B, ...]
+    latents: Tensor  # x_T, the final latents [B, ...] (attached to the graph of the steps from ``grad_from``)
     trajectory: Trajectory | None = None
     timesteps: list[int] = field(default_factory=list)
+    graphs: dict[int, list[StepGraph]] = field(default_factory=dict)  # step -> its kept calls (see ``keep``)
 
 
 def _dpm_transition(scheduler: DPMSolverMultistepScheduler, index: int, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
@@ -119,6 +130,10 @@ def sample(
     grad: bool = False,
     eta: float = 0.0,
     callback=None,
+    keep: Tensor | None = None,
+    input_grad: Tensor | None = None,
+    grad_from: int | None = None,
+    checkpoint: bool = False,
 ) -> Sample:
     """Runs the reverse process from x_0 ~ N(0, I) (or ``latents``) for ``len(cond)`` assets.
 
@@ -129,6 +144,12 @@ def sample(
         record: keep the Trajectory. grad: keep the autograd graph through every model call.
         eta: DDIM's stochasticity (0 = deterministic); ignored by the DPM sampler.
         callback: called as callback(step_index, steps) after each step; may raise to cancel.
+        keep: [B, steps] bool: the (asset, step) calls to keep with their autograd graph in ``Sample.graphs``.
+            Those assets' call runs apart from the others'; the chain itself continues without a graph.
+        input_grad: [B, steps] bool: kept calls whose latents must require grad (a gradient w.r.t. x_j).
+        grad_from: from this step on every call keeps its graph and the chain carries it, so the final
+            latents depend on the weights through the last steps (``grad=True`` is ``grad_from=0``);
+            ``checkpoint`` recomputes those calls in the backward pass instead of storing them.
     """
     if steps < 1:
         raise ValueError("steps must be >= 1.")
@@ -143,27 +164,60 @@ def sample(
         raise ValueError(f"Got {len(generator)} generators for {B} assets.")
     x = latents if latents is not None else _randn(model.latent_shape if per_asset else (B, *model.latent_shape), generator, device)
     rec: dict[str, list] = {k: [] for k in ("latents", "next_latents", "model_outputs", "means", "stds")}
-    ctx = contextlib.nullcontext() if grad else torch.no_grad()
-    with ctx:
-        for i, t in enumerate(sched.timesteps):
-            eps = guided_eps(model, x, t, cond, uncond, guidance)
+    graphs: dict[int, list[StepGraph]] = {}
+    grad_from = 0 if grad else grad_from
+    for i, t in enumerate(sched.timesteps):
+        chained = grad_from is not None and i >= grad_from
+        with torch.enable_grad() if chained else torch.no_grad():
+            if chained:
+                if checkpoint:
+                    eps = torch.utils.checkpoint.checkpoint(guided_eps, model, x, t, cond, uncond, guidance, use_reentrant=False)
+                else:
+                    eps = guided_eps(model, x, t, cond, uncond, guidance)
+            elif keep is not None and keep[:, i].any():
+                wants = input_grad[:, i] & keep[:, i] if input_grad is not None else torch.zeros_like(keep[:, i])
+                eps, graphs[i] = _kept_step(model, x, t, cond, uncond, guidance, keep[:, i], wants)
+            else:
+                eps = guided_eps(model, x, t, cond, uncond, guidance)
             if scheduler == "ddim":
                 mean, std = _ddim_transition(sched, int(t), x, eps, eta)
             else:
                 mean, std = _dpm_transition(sched, i, x, eps)
             noise = _randn(x.shape[1:] if per_asset else x.shape, generator, device) if float(std) > 0 else 0.0
             nxt = mean + std * noise
-            if record:
-                for k, v in (("latents", x), ("next_latents", nxt), ("model_outputs", eps), ("means", mean)):
-                    rec[k].append(v if grad else v.detach())
-                rec["stds"].append(torch.as_tensor(std, dtype=torch.float32))
-            x = nxt
-            if callback is not None:
-                callback(i + 1, steps)
+        if record:
+            for k, v in (("latents", x), ("next_latents", nxt), ("model_outputs", eps), ("means", mean)):
+                rec[k].append(v if grad else v.detach())
+            rec["stds"].append(torch.as_tensor(std, dtype=torch.float32))
+        x = nxt
+        if callback is not None:
+            callback(i + 1, steps)
     traj = None
     if record:
         traj = Trajectory(
             **{k: torch.stack(rec[k], 1) for k in ("latents", "next_latents", "model_outputs", "means")},
             timesteps=sched.timesteps.clone(), stds=torch.stack(rec["stds"]), guidance=guidance, scheduler=scheduler,
         )
-    return Sample(x, traj, [int(t) for t in sched.timesteps])
+    return Sample(x, traj, [int(t) for t in sched.timesteps], graphs)
+
+
+def _kept_step(model, x: Tensor, t, cond, uncond, guidance: float, keep: Tensor, input_grad: Tensor) -> tuple[Tensor, list[StepGraph]]:
+    """ε for every asset: the ``keep`` ones from calls that keep their graph, those whose input gradient is
+    wanted apart from the others (a backward pass for one purpose then never runs through the other's
+    rows), the rest without a graph."""
+    eps = torch.empty_like(x)
+    graphs = []
+    for rows, grad in ((keep & input_grad, True), (keep & ~input_grad, False), (~keep, None)):
+        idx = rows.nonzero().flatten()
+        if not len(idx):
+            continue
+        u = None if uncond is None else uncond.select(idx)
+        if grad is None:
+            eps[idx] = guided_eps(model, x[idx], t, cond.select(idx), u, guidance)
+            continue
+        xk = x[idx].detach().requires_grad_(grad)
+        with torch.enable_grad():
+            ek = guided_eps(model, xk, t, cond.select(idx), u, guidance)
+        eps[idx] = ek.detach()
+        graphs.append(StepGraph(idx, xk, ek))
+    return eps, graphs

@@ -238,6 +238,9 @@ class RunConfig:
     eval_seeds: int = 2
     device: str = "cpu"
     dtype: str = "fp32"  # the denoiser's precision (DiffSplat on a GPU: bf16); rewards always fp32
+    # sampler calls (sample x step) kept with their autograd graph so that the loss differentiates the pass
+    # that sampled instead of running it again (~60 MB each on the tiny model); 0 recomputes every one
+    reuse_calls: int = 32
     nabla: NablaConfig = field(default_factory=NablaConfig)
     refl: ReflConfig = field(default_factory=ReflConfig)
     draft: DraftConfig = field(default_factory=DraftConfig)
@@ -255,7 +258,7 @@ class RunConfig:
         for name in ("steps", "batch_size", "sampler_steps", "lora_rank", "render_resolution", "reward_views", "eval_seeds"):
             if getattr(self, name) < 1:
                 raise _bad(name, getattr(self, name), "must be >= 1", "see `python -m engine.align --help`")
-        for name in ("checkpoint_every", "sample_every", "eval_every"):
+        for name in ("checkpoint_every", "sample_every", "eval_every", "reuse_calls"):
             if getattr(self, name) < 0:
                 raise _bad(name, getattr(self, name), "must be >= 0", "0 turns it off")
         if self.lr <= 0:

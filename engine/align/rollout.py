@@ -15,7 +15,7 @@ from ..cameras import CANONICAL_AZIMUTHS, DIFFSPLAT_ELEVATION, DIFFSPLAT_RADIUS,
 from ..models.base import Condition
 from ..render import RenderOutput, render
 from ..rewards import Ensemble, Reward, flatten_renders
-from ..sampling import Trajectory, make_scheduler
+from ..sampling import StepGraph, Trajectory, make_scheduler
 
 
 def seeded(*keys: int | str) -> torch.Generator:
@@ -96,6 +96,44 @@ def alpha_bar(model, t: Tensor) -> Tensor:
 
 # --------------------------------------------------------------------------------------- rollouts
 @dataclass
+class GraphPlan:
+    """What a method will differentiate of the coming rollout, said before sampling (its random choices
+    depend only on seed, step and sample), so the sampler keeps those calls' autograd graphs and the loss
+    needs no second forward pass. On-policy the kept pass is the policy's exactly (same weights, inputs,
+    prompts and guidance); only the batch it ran in differs, which changes float summation order."""
+
+    keep: Tensor | None = None  # [B, N] bool: (sample, step) calls whose ε_θ(x_j) the loss differentiates
+    input_grad: Tensor | None = None  # [B, N] bool: kept calls whose gradient w.r.t. x_j is taken too
+    chain_from: int | None = None  # the chain from this step to the end keeps its graph (DRaFT, AlignProp)
+    checkpoint: bool = False  # recompute the chained calls in the backward pass instead of storing them
+
+    @classmethod
+    def calls(cls, batch: int, steps: int, picks: Tensor, input_picks: Tensor | None = None) -> "GraphPlan":
+        """Keep the calls at ``picks`` [B, k] (step per sample), and at ``input_picks`` [B, k'] with x_j's
+        gradient too (entries outside [0, steps) ask for nothing)."""
+        keep = torch.zeros(batch, steps, dtype=torch.bool)
+        keep[torch.arange(batch)[:, None], picks] = True
+        grad = None
+        if input_picks is not None:
+            rows = torch.arange(batch)[:, None].expand_as(input_picks)
+            inside = (input_picks >= 0) & (input_picks < steps)
+            grad = torch.zeros_like(keep)
+            grad[rows[inside], input_picks[inside]] = True
+            keep |= grad
+        return cls(keep, grad)
+
+    def capped(self, calls: int) -> "GraphPlan":
+        """At most ``calls`` kept (sample, step) calls, the earliest steps first: the rest are computed again."""
+        if self.keep is None or int(self.keep.sum()) <= calls:
+            return self
+        order = self.keep.t().flatten().nonzero().flatten()[calls:]  # step-major
+        keep = self.keep.t().flatten().clone()
+        keep[order] = False
+        keep = keep.view(self.keep.shape[1], -1).t()
+        return GraphPlan(keep, None if self.input_grad is None else self.input_grad & keep, self.chain_from, self.checkpoint)
+
+
+@dataclass
 class Rollout:
     """One optimiser step's samples, drawn without gradients by the shared sampler."""
 
@@ -107,10 +145,19 @@ class Rollout:
     components: dict[str, Tensor] = field(default_factory=dict)  # ensemble terms, [B] each
     indices: list[int] = field(default_factory=list)  # global sample indices (seeds per sample)
     guidance: float = 1.0
+    graphs: dict[int, list[StepGraph]] = field(default_factory=dict)  # sampler calls kept with their graph (GraphPlan)
+    chained: Tensor | None = None  # the final latents attached to the chain's graph (GraphPlan.chain_from)
 
     @property
     def final(self) -> Tensor:
         return self.trajectory.next_latents[:, -1]
+
+    def select(self, rows: Tensor) -> "Rollout":
+        """The samples ``rows`` (a long index tensor; repeats allowed) with their prompts and conditions; the
+        trajectory, rewards and kept calls stay whole (index them with ``rows``)."""
+        idx = rows.tolist()
+        return Rollout([self.prompts[i] for i in idx], self.cond.select(rows), self.uncond.select(rows), self.trajectory,
+                       self.rewards, self.components, [self.indices[i] for i in idx] if self.indices else [], self.guidance)
 
     def __len__(self) -> int:
         return len(self.prompts)

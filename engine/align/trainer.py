@@ -37,7 +37,7 @@ from ..sampling import sample
 from . import lora
 from .config import RunConfig
 from .methods import METHODS, Context
-from .rollout import RewardPath, Rollout, Transitions, seeded
+from .rollout import GraphPlan, RewardPath, Rollout, Transitions, seeded
 
 log = logging.getLogger(__name__)
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "prompts"
@@ -230,17 +230,24 @@ class Trainer:
     def train_step(self) -> dict:
         cfg, step = self.config, self.step
         t0 = time.perf_counter()
-        rollout = self.rollout(step)
+        rollout = self.rollout(step, keep_graphs=True)
         t_sample = time.perf_counter() - t0
         self.optimizer.zero_grad(set_to_none=True)
         total, rows, bad = 0.0, [], None
+        pending = []  # with kept sampler calls: one backward at the end, so no kept call is traversed twice
         for loss, info in self.method.losses(rollout, step):
             if not torch.isfinite(loss):
                 bad = f"{loss.item()} ({info})"
                 break
-            loss.backward()
+            if rollout.graphs:
+                pending.append(loss)
+            else:
+                loss.backward()
             total += loss.item()
             rows.append(info)
+        if pending and bad is None:
+            torch.stack(pending).sum().backward()
+        pending, rollout.graphs, rollout.chained = [], {}, None  # free the kept graphs
         if self.world.any(bad is not None):  # every process stops together
             raise TrainingError(
                 f"The {cfg.method} loss became {bad or 'non-finite on another process'} at step {step + 1}; the last good "
@@ -285,18 +292,27 @@ class Trainer:
         lo = self.world.rank * self.local_batch
         return chosen[lo: lo + self.local_batch], list(range(lo, lo + self.local_batch))
 
-    @torch.no_grad()
-    def rollout(self, step: int) -> Rollout:
+    def rollout(self, step: int, *, keep_graphs: bool = False) -> Rollout:
+        """This step's samples and rewards. ``keep_graphs``: keep the sampler calls the method will
+        differentiate (its GraphPlan, at most ``config.reuse_calls``) with their autograd graphs."""
         prompts, indices = self.batch_prompts(step)
-        cond = self.model.encode_prompts(prompts)
+        with torch.no_grad():
+            cond = self.model.encode_prompts(prompts)
         uncond = self._null.repeat(len(prompts))
         generators = [seeded(self.config.seed, step, "noise", i) for i in indices]
+        plan = self.method.graph_plan(step, indices) if keep_graphs and self.config.reuse_calls else None
+        plan = plan.capped(self.config.reuse_calls) if plan is not None else GraphPlan()
+        if plan.chain_from is not None and len(prompts) * (self.config.sampler_steps - plan.chain_from) > self.config.reuse_calls:
+            plan.chain_from = None  # over budget: the method replays the chain itself
         with self.method.sampling():
             out = sample(self.model, cond, uncond, steps=self.config.sampler_steps, guidance=self.guidance,
-                         generator=generators, record=True)
+                         generator=generators, record=True, keep=plan.keep, input_grad=plan.input_grad,
+                         grad_from=plan.chain_from, checkpoint=plan.checkpoint)
         cams = self.path.cameras(seeded(self.config.seed, step, "reward-cameras"))
-        rewards, parts = self.path(out.latents, prompts, cams)
-        return Rollout(prompts, cond, uncond, out.trajectory, rewards, parts, indices, self.guidance)
+        with torch.no_grad():
+            rewards, parts = self.path(out.latents.detach(), prompts, cams)
+        return Rollout(prompts, cond, uncond, out.trajectory, rewards, parts, indices, self.guidance, out.graphs,
+                       out.latents if plan.chain_from is not None else None)
 
     # -- files -------------------------------------------------------------------------------------
     def _append_metrics(self, metrics: dict) -> None:

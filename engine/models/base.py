@@ -31,6 +31,10 @@ class Condition:
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
+    def select(self, rows: Tensor) -> "Condition":
+        """The rows ``rows`` (a long index tensor)."""
+        return Condition(self.embeds[rows], self.mask[rows])
+
     def repeat(self, n: int) -> "Condition":
         return Condition(self.embeds.repeat_interleave(n, 0), self.mask.repeat_interleave(n, 0))
 

@@ -22,6 +22,7 @@ from ..cameras import canonical_views, plucker_rays
 from ..text import EMBED_DIM, default_text_encoder
 from .base import Condition, SplatDiffusionModel
 from .multiview import set_multiview_attention
+from .pixart_fast import Unsupported, multiview_forward, supports
 from .splatter_ae import SplatterAutoencoder
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny-base"
@@ -40,6 +41,7 @@ class TinySplatModel(SplatDiffusionModel):
     """Text -> latents -> splatter images -> Gaussians, with the interface the sampler and trainers use."""
 
     name = "tiny"
+    lean_forward = True  # engine.models.pixart_fast (False: diffusers' stock forward, the same function)
 
     def __init__(self, transformer: PixArtTransformer2DModel, autoencoder: SplatterAutoencoder, num_views: int = 4,
                  prediction_type: str = "epsilon", guidance_default: float = 4.5):
@@ -63,6 +65,12 @@ class TinySplatModel(SplatDiffusionModel):
         """The transformer's own prediction (ε or v, see ``prediction_type``)."""
         B, V = latents.shape[:2]
         x, t = self.denoiser_input(latents, timesteps)
+        if self.lean_forward and supports(self.transformer):
+            try:
+                out = multiview_forward(self.transformer, x, t[::V], cond.embeds.to(latents), cond.mask, V)
+                return out.reshape(B, V, *out.shape[1:])
+            except Unsupported:
+                pass
         out = self.transformer(
             x, encoder_hidden_states=cond.embeds.to(latents).repeat_interleave(V, 0), timestep=t,
             encoder_attention_mask=cond.mask.repeat_interleave(V, 0), added_cond_kwargs={"resolution": None, "aspect_ratio": None},

@@ -9,76 +9,23 @@ Set ``R2D3_NATIVE=0`` to disable this core.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import os
-import platform
-import shutil
-import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ..cbuild import build
 from .projection import TileBins
 
 logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("native") / "rasterize.c"
-_CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd", "-pthread", "-fPIC", "-std=c11"]
 _LOCK = threading.Lock()
 _LIBS: dict[torch.dtype, ctypes.CDLL | None] = {}
 _FAILED: list[str] = []
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("R2D3_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "r2d3studio")
-    return Path(root) / "native"
-
-
-def _cpu_signature() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def _build(scalar: str) -> Path:
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (install gcc, or set CC)")
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join([cc, scalar, *_CFLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"rasterize_{scalar}_{key}.so"
-    if out.exists():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        obj, lib = Path(tmp) / "r.o", Path(tmp) / "r.so"
-        # Compile with -ffast-math (vectorised exp) but link without it: linking a shared library
-        # with -ffast-math would pull in crtfastmath.o and flush denormals in the whole process.
-        cmds = [
-            [cc, *_CFLAGS, f"-DSCALAR={scalar}", "-c", str(_SOURCE), "-o", str(obj)],
-            [cc, "-shared", "-pthread", str(obj), "-o", str(lib), "-lm"],
-        ]
-        for cmd in cmds:
-            result = subprocess.run(cmd, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"{' '.join(cmd)} failed:\n{result.stderr[-2000:]}")
-        os.replace(lib, out)  # atomic: concurrent builders never see a half-written library
-    return out
 
 
 def _load(dtype: torch.dtype) -> ctypes.CDLL | None:
@@ -86,7 +33,7 @@ def _load(dtype: torch.dtype) -> ctypes.CDLL | None:
         if dtype not in _LIBS:
             scalar = {torch.float32: "float", torch.float64: "double"}[dtype]
             try:
-                lib = ctypes.CDLL(str(_build(scalar)))
+                lib = ctypes.CDLL(str(build(_SOURCE, (f"SCALAR={scalar}",))))
                 for fn in (lib.rasterize_forward, lib.rasterize_backward):
                     fn.restype = None
                 lib.bin_fill.restype = ctypes.c_int

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from ..rollout import GraphPlan
 from .base import Method, replay, reward_loss
 
 
@@ -15,9 +16,20 @@ class AlignProp(Method):
     summary = "reward backpropagated through a random truncation of the chain, checkpointed (AlignProp)"
     needs = ("trajectory", "reward_grad")
 
+    def truncation(self, step):
+        return int(torch.randint(self.cfg.k_min, self.cfg.k_max + 1, (), generator=self.ctx.shared(step, "alignprop-k")))
+
+    def graph_plan(self, step, indices):
+        if self.cfg.kl > 0:  # the KL needs every replayed ε
+            return None
+        return GraphPlan(chain_from=self.ctx.transitions.steps - self.truncation(step), checkpoint=self.cfg.checkpointing)
+
     def losses(self, rollout, step):
         cfg, tr = self.cfg, self.ctx.transitions
-        k = int(torch.randint(cfg.k_min, cfg.k_max + 1, (), generator=self.ctx.shared(step, "alignprop-k")))
-        final, penalty = replay(self.ctx, rollout, tr.steps - k, kl=cfg.kl, checkpointing=cfg.checkpointing)
+        k = self.truncation(step)
+        if rollout.chained is not None:  # the sampler's own last k steps, with their (checkpointed) graph
+            final, penalty = rollout.chained, 0.0
+        else:
+            final, penalty = replay(self.ctx, rollout, tr.steps - k, kl=cfg.kl, checkpointing=cfg.checkpointing)
         loss, info = reward_loss(self.ctx, rollout, final, step, penalty)
         yield loss, {**info, "k": float(k)}

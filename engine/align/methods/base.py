@@ -15,7 +15,8 @@ from typing import Callable, ClassVar, Iterator
 import torch
 from torch import Tensor
 
-from ..rollout import RewardPath, Rollout, Transitions, guided_eps, seeded
+from ...sampling import StepGraph
+from ..rollout import GraphPlan, RewardPath, Rollout, Transitions, guided_eps, seeded
 
 
 @dataclass
@@ -49,6 +50,60 @@ class Context:
         with torch.no_grad(), self.reference():
             return self.eps(rollout, x, t)
 
+    def policy_pass(self, rollout: Rollout, j: Tensor, *, rows: Tensor | None = None, input_grad: bool = False) -> "PolicyPass":
+        """ε_θ(x_j) with its graph for samples ``rows`` (default: all) at their transitions ``j``: the sampler's
+        own pass where it kept one (GraphPlan), the others computed now in one batch. ``input_grad``: x_j's
+        gradient will be taken, so the pass must start from a leaf that requires it."""
+        rows = torch.arange(len(rollout)) if rows is None else rows
+        found: dict[int, list[tuple[int, int]]] = {}  # kept call -> [(position in this pass, row in the call)]
+        calls: dict[int, StepGraph] = {}
+        missing = []
+        for pos, (b, step) in enumerate(zip(rows.tolist(), j.tolist())):
+            for g in rollout.graphs.get(step, []):
+                hit = (g.rows == b).nonzero().flatten()
+                if len(hit) and (g.latents.requires_grad or not input_grad):
+                    calls[id(g)] = g
+                    found.setdefault(id(g), []).append((pos, int(hit[0])))
+                    break
+            else:
+                missing.append(pos)
+        sources, pieces = [], []
+        for key, pairs in found.items():
+            g = calls[key]
+            positions, call_rows = (torch.tensor(v) for v in zip(*pairs))
+            sources.append((g.latents, call_rows, positions))
+            pieces.append(g.eps[call_rows])
+        if missing:
+            positions = torch.tensor(missing)
+            x = rollout.trajectory.latents[rows[positions], j[positions]].detach().requires_grad_(input_grad)
+            sources.append((x, torch.arange(len(missing)), positions))
+            pieces.append(self.eps(rollout.select(rows[positions]), x, self.transitions.timesteps[j[positions]]))
+        if len(sources) == 1:
+            leaf, call_rows, _ = sources[0]
+            return PolicyPass(leaf[call_rows], pieces[0], sources)
+        order = torch.cat([s[2] for s in sources]).argsort()
+        x = torch.cat([leaf[call_rows] for leaf, call_rows, _ in sources])[order]
+        return PolicyPass(x, torch.cat(pieces)[order], sources)
+
+
+@dataclass
+class PolicyPass:
+    """ε_θ at each sample's x_j, and where each row's pass came from."""
+
+    x: Tensor  # [n, ...] x_j, attached to the calls' input leaves (so x̂0(x_j) has both paths to x_j)
+    eps: Tensor  # [n, ...] attached to the graph
+    sources: list[tuple[Tensor, Tensor, Tensor]]  # (a call's input leaf, rows in that call, positions in this pass)
+
+    def scatter_grads(self, grads: list[Tensor | None], into: Tensor) -> Tensor:
+        """Adds the gradients w.r.t. each source's leaf (``torch.autograd.grad`` of ``leaves()``) into ``into`` [n, ...]."""
+        for (_, call_rows, positions), g in zip(self.sources, grads):
+            if g is not None:
+                into[positions] += g[call_rows]
+        return into
+
+    def leaves(self) -> list[Tensor]:
+        return [s[0] for s in self.sources]
+
 
 class Method:
     """Subclasses set the class attributes and implement :meth:`losses`."""
@@ -64,6 +119,12 @@ class Method:
     def sampling(self) -> contextlib.AbstractContextManager:
         """Weights the rollout is sampled with (default: the current policy)."""
         return contextlib.nullcontext()
+
+    def graph_plan(self, step: int, indices: list[int]) -> GraphPlan | None:
+        """Before sampling: the sampler calls the losses will differentiate (None: none), so the trainer keeps
+        them with their graph instead of the losses running them again. Only for methods trained on the
+        policy's own samples; the choice must come from the same draws the losses make."""
+        return None
 
     def losses(self, rollout: Rollout, step: int) -> Iterator[tuple[Tensor, dict[str, float]]]:
         """Yields (loss, metrics) chunks; the trainer backpropagates each at once (bounded memory). The

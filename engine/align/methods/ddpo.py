@@ -7,7 +7,7 @@ from collections import deque
 
 import torch
 
-from ..rollout import _bc, gaussian_log_ratio, random_steps
+from ..rollout import GraphPlan, _bc, gaussian_log_ratio, random_steps
 from .base import Method
 
 
@@ -20,6 +20,17 @@ def gathered(ctx, rollout, values):
     return values, prompts, local
 
 
+def ppo_steps(method, step: int, indices: list[int], fraction: float) -> torch.Tensor:
+    """[B, T] the transitions each trajectory trains: int((N−1)·fraction) distinct ones, never the last."""
+    tr = method.ctx.transitions
+    T = max(1, int((tr.steps - 1) * fraction))
+    return random_steps(T, 0, tr.steps - 1, method.ctx.generators(step, f"{method.name}-steps", indices))
+
+
+def ppo_plan(method, step: int, indices: list[int], fraction: float) -> GraphPlan:
+    return GraphPlan.calls(len(indices), method.ctx.transitions.steps, ppo_steps(method, step, indices, fraction))
+
+
 def ppo_losses(method, rollout, step, advantages, keep, *, fraction, clip_low, clip_high, kl=0.0, global_kept=None):
     """PPO-clip over int((N−1)·fraction) random transitions per trajectory (never the last).
 
@@ -28,16 +39,17 @@ def ppo_losses(method, rollout, step, advantages, keep, *, fraction, clip_low, c
     over the whole batch otherwise."""
     ctx, tr, traj = method.ctx, method.ctx.transitions, rollout.trajectory
     B = len(rollout)
-    T = max(1, int((tr.steps - 1) * fraction))
-    picks = random_steps(T, 0, tr.steps - 1, ctx.generators(step, f"{method.name}-steps", rollout.indices))
+    picks = ppo_steps(method, step, rollout.indices, fraction)
+    T = picks.shape[1]
     rows = torch.arange(B)
     A, mask = advantages.to(traj.latents), keep.to(traj.latents)
     denom = T * (global_kept / ctx.world if global_kept is not None else B)
     for k in range(T):
         j = picks[:, k]
-        x, x_next, mean_old = traj.latents[rows, j], traj.next_latents[rows, j], traj.means[rows, j]
+        x_next, mean_old = traj.next_latents[rows, j], traj.means[rows, j]
         t = tr.timesteps[j]
-        eps = ctx.eps(rollout, x, t)
+        policy = ctx.policy_pass(rollout, j)
+        x, eps = policy.x, policy.eps
         mu = tr.mean(j, x, eps)
         log_ratio = gaussian_log_ratio(x_next, mu, mean_old, tr.std[j])
         ratio = log_ratio.exp()
@@ -82,6 +94,9 @@ class DDPO(Method):
     def __init__(self, config, ctx):
         super().__init__(config, ctx)
         self.stats = PromptStats(config.buffer_size, config.min_count)
+
+    def graph_plan(self, step, indices):
+        return ppo_plan(self, step, indices, self.cfg.timestep_fraction)
 
     def losses(self, rollout, step):
         rewards, prompts, local = gathered(self.ctx, rollout, rollout.rewards)

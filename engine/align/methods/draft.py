@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from ..rollout import GraphPlan
 from .base import Method, kl_to_base, replay, reward_loss
 
 
@@ -15,9 +16,17 @@ class DRaFT(Method):
     summary = "reward backpropagated through the last K sampler steps (DRaFT-K, DRaFT-LV)"
     needs = ("trajectory", "reward_grad")
 
+    def graph_plan(self, step, indices):
+        if self.cfg.lv or self.cfg.kl > 0:  # LV re-noises the final sample; the KL needs every replayed ε
+            return None
+        return GraphPlan(chain_from=self.ctx.transitions.steps - self.cfg.k)
+
     def losses(self, rollout, step):
         ctx, cfg, tr = self.ctx, self.cfg, self.ctx.transitions
         if not cfg.lv:
+            if rollout.chained is not None:  # the sampler's own last K steps, with their graph
+                yield reward_loss(ctx, rollout, rollout.chained, step, 0.0)
+                return
             final, penalty = replay(ctx, rollout, tr.steps - cfg.k, kl=cfg.kl)
             yield reward_loss(ctx, rollout, final, step, penalty)
             return

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from .base import Method
-from .ddpo import gathered, ppo_losses
+from .ddpo import gathered, ppo_losses, ppo_plan
 
 
 def group_advantages(rewards: torch.Tensor, group: int, std: str = "global", eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,6 +23,9 @@ class GRPO(Method):
     config_field = "grpo"
     summary = "group-relative advantages with PPO-clip, optional KL; DAPO options (GRPO)"
     needs = ("trajectory", "log_prob", "groups")
+
+    def graph_plan(self, step, indices):
+        return ppo_plan(self, step, indices, self.cfg.timestep_fraction)
 
     def losses(self, rollout, step):
         cfg = self.cfg

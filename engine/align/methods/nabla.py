@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ...models.base import Condition
-from ..rollout import Rollout, _bc, alpha_bar, stratified_steps
+from ..rollout import GraphPlan, Rollout, _bc, alpha_bar, stratified_steps
 from ...sampling import Trajectory
 from .base import Method
 
@@ -34,6 +34,19 @@ class NablaR2D3(Method):
         super().__init__(config, ctx)
         self.previous: Rollout | None = None
 
+    def picks(self, step, indices):
+        """[B, K] the transitions each trajectory trains (the terminal one first)."""
+        tr = self.ctx.transitions
+        K = int(tr.steps * self.cfg.timestep_fraction)
+        return stratified_steps(tr.steps, K, self.ctx.generators(step, "nabla-steps", indices), self.cfg.low_variance)
+
+    def graph_plan(self, step, indices):
+        if self.cfg.lag:  # trains on the previous round's samples: the passes that made them are gone
+            return None
+        picks = self.picks(step, indices)
+        ahead = picks + 1 if self.cfg.lookahead == "next" else None  # ε_θ(x_{j+1}, t_{j+1}) is the sampler's next pass
+        return GraphPlan.calls(len(indices), self.ctx.transitions.steps, picks, ahead)
+
     def losses(self, rollout, step):
         cfg, ctx = self.cfg, self.ctx
         data = rollout
@@ -42,16 +55,21 @@ class NablaR2D3(Method):
             if data is None:
                 return
         tr, traj = ctx.transitions, data.trajectory
-        K = int(tr.steps * cfg.timestep_fraction)
-        picks = stratified_steps(tr.steps, K, ctx.generators(step, "nabla-steps", data.indices), cfg.low_variance)
-        rows = torch.arange(len(data))
+        picks = self.picks(step, data.indices)
+        B, K = picks.shape
+        rows = torch.arange(B)
+        # every look-ahead first: a kept sampler pass may be one transition's look-ahead and another's policy term
+        targets = [self.reward_gradient(data, picks[:, k], step, k) for k in range(K)]
+        # the base's ε at every trained transition, in one pass (k-major)
+        flat = picks.t().flatten()
+        eps_refs = ctx.reference_eps(data.select(rows.repeat(K)), traj.latents[rows.repeat(K), flat], tr.timesteps[flat]).split(B)
         for k in range(K):
             j = picks[:, k]
-            x, x_next, eps_old = traj.latents[rows, j], traj.next_latents[rows, j], traj.model_outputs[rows, j]
-            t = tr.timesteps[j]
-            g, info = self.reward_gradient(data, x_next, j, step, k)
-            eps_ref = ctx.reference_eps(data, x, t)
-            eps = ctx.eps(data, x, t)
+            x_next, eps_old = traj.next_latents[rows, j], traj.model_outputs[rows, j]
+            g, info = targets[k]
+            eps_ref = eps_refs[k]
+            policy = ctx.policy_pass(data, j)
+            x, eps = policy.x.detach(), policy.eps
             # s_θ − κ s_ref = (μ_θ − μ_ref)/std² + (1−κ) s_ref, the first term in its exact closed form
             # −c_j (ε_θ − ε_ref) (no difference of large numbers in float32)
             s_diff = -_bc(tr.score_coefficient(j), x) * (eps - eps_ref)
@@ -65,7 +83,7 @@ class NablaR2D3(Method):
                 "loss_fwd": fwd.item(), "loss_reg": reg.item(), "target_shift": shift.pow(2).mean().sqrt().item(), **info,
             }
 
-    def reward_gradient(self, data: Rollout, x_next, j, step: int, k: int):
+    def reward_gradient(self, data: Rollout, j, step: int, k: int):
         """β ∇_{x_{j+1}} R̄(x̂0^θ(x_{j+1})), clipped and ᾱ-weighted per sample; detached."""
         cfg, ctx, tr = self.cfg, self.ctx, self.ctx.transitions
         model, N = ctx.model, tr.steps
@@ -82,14 +100,20 @@ class NablaR2D3(Method):
             weight = alpha_bar(model, t_net)
         gens = ctx.generators(step, f"nabla-reward-{k}", data.indices)
         cams = ctx.reward.cameras(ctx.shared(step, "nabla-cameras", k))
-        x = x_next.detach().requires_grad_(True)
+        x = data.trajectory.next_latents[torch.arange(len(data)), j].detach().requires_grad_(True)
+        ahead = None
         with torch.enable_grad():
-            if terminal.all():
-                x0 = x
-            else:
-                eps = ctx.eps(data, x, t_net)
-                ab = _bc(alpha_bar(model, t_x0), x)
-                x0 = torch.where(terminal.view(-1, *[1] * (x.dim() - 1)), x, (x - (1 - ab).sqrt() * eps) / ab.sqrt())
+            x0 = x
+            if not terminal.all():
+                nt = (~terminal).nonzero().flatten()
+                if cfg.lookahead == "next":  # ε_θ(x_{j+1}, t_{j+1}) is the sampler's pass at step j + 1
+                    ahead = ctx.policy_pass(data, j[nt] + 1, rows=nt, input_grad=True)
+                    xa, eps = ahead.x, ahead.eps
+                else:
+                    xa = x[nt]
+                    eps = ctx.eps(data.select(nt), xa, t_net[nt])
+                ab = _bc(alpha_bar(model, t_x0[nt]), xa)
+                x0 = x.index_copy(0, nt, (xa - (1 - ab).sqrt() * eps) / ab.sqrt())
             renders = ctx.reward.render(x0, cams)
             total, V = 0.0, renders.rgb.shape[1]
             for _ in range(cfg.n_reward_avg):
@@ -99,7 +123,12 @@ class NablaR2D3(Method):
                 scores, _ = ctx.reward.score(renders, data.prompts, cams, views=views, image_noise=cfg.image_noise, generators=gens)
                 total = total + scores
             total = total / cfg.n_reward_avg
-            (grad,) = torch.autograd.grad(total.sum(), x)
+            leaves = [x, *(ahead.leaves() if ahead else [])]
+            # the kept passes stay for the policy terms' backward
+            grads = torch.autograd.grad(total.sum(), leaves, retain_graph=ahead is not None, allow_unused=True)
+        grad = grads[0] if grads[0] is not None else torch.zeros_like(x)
+        if ahead is not None:
+            grad[nt] = ahead.scatter_grads(list(grads[1:]), grad[nt])
         g = cfg.beta * grad.detach()
         if cfg.reward_grad_clip > 0:
             norms = g.flatten(1).norm(dim=1).clamp_min(1e-12)

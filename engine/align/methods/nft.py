@@ -16,9 +16,12 @@ import contextlib
 import torch
 
 from ..rollout import _bc, random_steps
-from .base import Method
+from .base import Method, mean_metrics
 from .ddpo import gathered
 from .grpo import group_advantages
+
+
+CHUNK_ASSETS = 16  # assets per denoiser pass when several noise levels share one (bounds the graph's memory)
 
 
 class DiffusionNFT(Method):
@@ -53,27 +56,35 @@ class DiffusionNFT(Method):
         r = (adv.clamp(-cfg.adv_clip, cfg.adv_clip) / cfg.adv_clip / 2 + 0.5).clamp(0, 1)[local]
         x0 = rollout.final.detach()
         r = r.to(x0)
+        B = len(rollout)
         gens = ctx.generators(step, "nft", rollout.indices)
         picks = random_steps(cfg.timesteps, cfg.min_step, tr.steps, gens)
-        for k in range(cfg.timesteps):
-            j = picks[:, k]
+        noises = [torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(x0) for _ in range(cfg.timesteps)]
+        per_pass = max(1, CHUNK_ASSETS // B)  # noise levels per denoiser pass: several, in one batch
+        for first in range(0, cfg.timesteps, per_pass):
+            ks = range(first, min(first + per_pass, cfg.timesteps))
+            j = torch.cat([picks[:, k] for k in ks])
             t = tr.timesteps[j]
-            noise = torch.stack([torch.randn(x0.shape[1:], generator=g) for g in gens]).to(x0)
-            x_t = _bc(tr.alpha[j], x0) * x0 + _bc(tr.sigma[j], x0) * noise
+            x0s = x0.repeat(len(ks), *[1] * (x0.dim() - 1))
+            x_t = _bc(tr.alpha[j], x0s) * x0s + _bc(tr.sigma[j], x0s) * torch.cat([noises[k] for k in ks])
+            many = rollout.select(torch.arange(B).repeat(len(ks)))
             with torch.no_grad(), self.old_weights():  # before θ's graph exists: the swap writes the weights in place
-                eps_old = ctx.eps(rollout, x_t, t)
-            eps = ctx.eps(rollout, x_t, t)
+                eps_old = ctx.eps(many, x_t, t)
+            eps = ctx.eps(many, x_t, t)
+            eps_ref = ctx.reference_eps(many, x_t, t) if cfg.kl > 0 else None
             x0_new, x0_old = tr.x0(j, x_t, eps), tr.x0(j, x_t, eps_old)
             pos = cfg.beta * x0_new + (1 - cfg.beta) * x0_old
             neg = (1 + cfg.beta) * x0_old - cfg.beta * x0_new
-            l_pos, l_neg = _self_normalised(pos, x0), _self_normalised(neg, x0)
-            per = cfg.adv_clip * (r * l_pos + (1 - r) * l_neg) / cfg.beta
+            l_pos, l_neg = _self_normalised(pos, x0s), _self_normalised(neg, x0s)
+            per = cfg.adv_clip * (r.repeat(len(ks)) * l_pos + (1 - r.repeat(len(ks))) * l_neg) / cfg.beta
             per = per / (tr.sigma[j] / tr.alpha[j]).to(per)
-            kl = cfg.kl * (eps - ctx.reference_eps(rollout, x_t, t)).pow(2).mean() if cfg.kl > 0 else per.new_zeros(())
-            yield (per.mean() + kl) / cfg.timesteps, {
-                "nft_pos": l_pos.mean().item(), "nft_neg": l_neg.mean().item(), "kl": kl.item(), "r_mean": r.mean().item(),
-                "old_deviate": (eps - eps_old).pow(2).mean().sqrt().item(),
-            }
+            loss, rows = 0.0, []
+            for i, span in enumerate(torch.arange(len(j)).split(B)):  # each noise level's terms, as one level alone
+                kl = cfg.kl * (eps[span] - eps_ref[span]).pow(2).mean() if cfg.kl > 0 else per.new_zeros(())
+                loss = loss + (per[span].mean() + kl) / cfg.timesteps
+                rows.append({"nft_pos": l_pos[span].mean().item(), "nft_neg": l_neg[span].mean().item(), "kl": kl.item(),
+                             "r_mean": r.mean().item(), "old_deviate": (eps[span] - eps_old[span]).pow(2).mean().sqrt().item()})
+            yield loss, mean_metrics(rows)
 
     def after_step(self, step, rollout):
         eta = min(self.cfg.old_decay_rate * (step + 1), self.cfg.old_decay_max)

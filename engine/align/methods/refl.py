@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from ..rollout import GraphPlan
 from .base import Method, kl_to_base, reward_loss
 
 
@@ -16,13 +17,20 @@ class ReFL(Method):
     summary = "reward of a one-step x̂0 from a random late step (ReFL)"
     needs = ("trajectory", "reward_grad")
 
+    def steps(self, step, indices):
+        """[B] the late step each sample is trained at."""
+        tr = self.ctx.transitions
+        low = min(math.ceil(self.cfg.first_fraction * tr.steps), tr.steps - 2)
+        return torch.stack([torch.randint(low, tr.steps - 1, (), generator=g) for g in self.ctx.generators(step, "refl", indices)])
+
+    def graph_plan(self, step, indices):
+        return GraphPlan.calls(len(indices), self.ctx.transitions.steps, self.steps(step, indices)[:, None])
+
     def losses(self, rollout, step):
         ctx, tr = self.ctx, self.ctx.transitions
-        low = min(math.ceil(self.cfg.first_fraction * tr.steps), tr.steps - 2)
-        j = torch.stack([torch.randint(low, tr.steps - 1, (), generator=g) for g in ctx.generators(step, "refl", rollout.indices)])
-        x = rollout.trajectory.latents[torch.arange(len(rollout)), j]
-        t = tr.timesteps[j]
-        eps = ctx.eps(rollout, x, t)
+        j = self.steps(step, rollout.indices)
+        policy = ctx.policy_pass(rollout, j)
+        x, eps, t = policy.x, policy.eps, tr.timesteps[j]
         penalty = kl_to_base(ctx, rollout, x, t, eps, self.cfg.kl)
         loss, info = reward_loss(ctx, rollout, tr.x0(j, x, eps), step, penalty)
         yield loss, {**info, "refl_step": j.float().mean().item()}
