@@ -18,7 +18,7 @@ from ..cameras import Cameras
 from ..gaussians import Gaussians
 from .gsplat_backend import gsplat_available, render_gsplat
 from .native import bin_fill, composite_native, native_available
-from .projection import bin_tiles, project
+from .projection import ALPHA_MIN, bin_tiles, project
 from .torch_core import composite_torch
 
 __all__ = ["RenderSettings", "RenderOutput", "render", "available_backends", "resolve_backend"]
@@ -86,6 +86,20 @@ def resolve_backend(backend: Backend, device: torch.device) -> str:
     return backend
 
 
+def visible_only(gaussians: Gaussians) -> Gaussians:
+    """Per asset, the Gaussians that can show (opacity >= 1/255, in their order), padded with the asset's
+    invisible ones to the largest count. Renders and gradients are the same: the compositor skips a Gaussian
+    whose alpha can never reach 1/255 and gives it no gradient; projecting, binning and differentiating
+    the rest (about 3 in 4 of a generated splat) is work saved."""
+    visible = gaussians.opacities.detach() >= ALPHA_MIN
+    count = int(visible.sum(1).max())
+    if count in (0, gaussians.num_gaussians):
+        return gaussians
+    order = torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, :count]  # visible first, in order
+    B = gaussians.batch_size
+    return gaussians.map(lambda t: torch.gather(t, 1, order.view(B, count, *[1] * (t.dim() - 2)).expand(B, count, *t.shape[2:])))
+
+
 def _background(background, device, dtype) -> Tensor:
     bg = torch.as_tensor(background, dtype=dtype, device=device)
     if bg.shape != (3,):
@@ -130,7 +144,7 @@ def render(
         feats, alpha = feats.reshape(B * V, height, width, -1), alpha.reshape(B * V, height, width)
     else:
         proj = project(
-            gaussians, cameras, width, height,
+            visible_only(gaussians), cameras, width, height,
             eps2d=settings.eps2d, near_plane=settings.near_plane, far_plane=settings.far_plane,
         )
         use_native = settings.core == "native" or (
