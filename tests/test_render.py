@@ -219,3 +219,32 @@ def test_bad_sizes_and_backends_are_rejected():
             render(g, canonical_views(), 8, backend="gsplat")
     with pytest.raises(ValueError, match="background"):
         render(g, canonical_views(), 8, background=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_leaving_out_invisible_gaussians_changes_no_pixel_and_no_gradient(monkeypatch, dtype):
+    """render() projects only Gaussians whose opacity can reach 1/255 (a generated splat: about 3 in 4 cannot);
+    the images and every gradient must be what rendering all of them gives, bit for bit."""
+    import sys
+
+    module = sys.modules["engine.render"]
+    g = random_gaussians(300, dtype=dtype, batch=3)
+    g.opacities = g.opacities.clone()
+    g.opacities[0, ::2] = 0.5 / 255  # asset 0: half invisible, asset 1: a third, asset 2: none
+    g.opacities[1, ::3] = 0.0
+    weights = torch.randn(3, 4, 8, 24, 24, dtype=dtype)
+
+    def run():
+        leaves = g.map(lambda t: t.detach().clone().requires_grad_())
+        out = render(leaves, canonical_views(), 24)
+        maps = torch.cat([out.rgb, out.alpha, out.depth, out.normal], 2)
+        (maps * weights).sum().backward()
+        return maps.detach(), {k: v.grad for k, v in leaves.fields().items()}
+
+    culled, culled_grads = run()
+    monkeypatch.setattr(module, "visible_only", lambda gaussians: gaussians)
+    full, full_grads = run()
+    assert torch.equal(culled, full) and culled[:, :, 3].max() > 0.5
+    for name, grad in full_grads.items():
+        assert torch.equal(culled_grads[name], grad), name
+    assert (full_grads["colors"][0, ::2] == 0).all()  # the left-out ones get no gradient either way

@@ -46,41 +46,50 @@ def native_gelu_available() -> bool:
     return os.environ.get("R2D3_NATIVE", "1") != "0" and _lib() is not None
 
 
-def _run(fn, tensors: list[Tensor], n: int) -> None:
-    """fn(*pointers, count) over ``n`` elements, split over torch's thread count (ctypes releases the GIL)."""
-    threads = min(torch.get_num_threads(), max(1, n // _PARALLEL_MIN))
+def _run(fn, tensors: list[Tensor | None], rows: int, cols: int) -> None:
+    """fn(*pointers, rows, cols) over row blocks split across torch's thread count (ctypes releases the GIL).
+    ``tensors``: [rows, cols] row-major, except the bias (the second, or None), shared by every block."""
+    threads = min(torch.get_num_threads(), max(1, rows * cols // _PARALLEL_MIN))
+    step = -(-rows // threads)
+
+    def ptrs(lo):
+        return [None if t is None else ctypes.c_void_p(t.data_ptr() + (0 if i == 1 else 4 * lo * cols)) for i, t in enumerate(tensors)]
+
     if threads == 1:
-        fn(*(ctypes.c_void_p(t.data_ptr()) for t in tensors), ctypes.c_int64(n))
+        fn(*ptrs(0), ctypes.c_int64(rows), ctypes.c_int64(cols))
         return
     with _LOCK:
         if not _POOL or _POOL[0]._max_workers < threads:
             _POOL[:] = [ThreadPoolExecutor(threads)]
-    step = -(-n // threads)
-    jobs = [_POOL[0].submit(fn, *(ctypes.c_void_p(t.data_ptr() + 4 * lo) for t in tensors), ctypes.c_int64(min(step, n - lo)))
-            for lo in range(0, n, step)]
+    jobs = [_POOL[0].submit(fn, *ptrs(lo), ctypes.c_int64(min(step, rows - lo)), ctypes.c_int64(cols)) for lo in range(0, rows, step)]
     for job in jobs:
         job.result()
 
 
 class _NativeGelu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, bias):
         x = x.contiguous()
+        cols = x.shape[-1]
+        b = None if bias is None else bias.detach().contiguous()
         y = torch.empty_like(x)
-        _run(_lib().gelu_forward, [x, y], x.numel())
-        ctx.save_for_backward(x)
+        _run(_lib().gelu_forward, [x, b, y], x.numel() // cols, cols)
+        ctx.save_for_backward(x, b)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        (x,) = ctx.saved_tensors
+        x, b = ctx.saved_tensors
         dy = dy.contiguous()
         dx = torch.empty_like(x)
-        _run(_lib().gelu_backward, [x, dy, dx], x.numel())
-        return dx
+        cols = x.shape[-1]
+        _run(_lib().gelu_backward, [x, b, dy, dx], x.numel() // cols, cols)
+        db = dx.reshape(-1, cols).sum(0) if ctx.needs_input_grad[1] else None
+        return dx, db
 
 
-def gelu_tanh(x: Tensor) -> Tensor:
-    if x.device.type == "cpu" and x.dtype == torch.float32 and native_gelu_available():
-        return _NativeGelu.apply(x)
-    return F.gelu(x, approximate="tanh")
+def gelu_tanh(x: Tensor, bias: Tensor | None = None) -> Tensor:
+    """gelu(x + bias, approximate="tanh"), ``bias`` [C] over the last dimension (optional)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32 and native_gelu_available() and (bias is None or bias.dtype == x.dtype):
+        return _NativeGelu.apply(x, bias)
+    return F.gelu(x if bias is None else x + bias, approximate="tanh")

@@ -10,8 +10,8 @@ What it does differently from the stock forward (each exact up to float summatio
   an attention weight of exactly 0 in float32);
 - q, k and v of self-attention come from one matrix product with the three weights stacked;
 - a LoRA layer runs as one linear with its adapter folded in, W + s·B·A (gradients still reach A and B);
-- the feed-forward runs on token chunks small enough to stay in cache, its tanh-GELU in a native kernel
-  (engine.models.gelu).
+- the feed-forward runs on token chunks small enough to stay in cache, its tanh-GELU (with the
+  bias of the product before it) in a native kernel (engine.models.gelu).
 
 Only what the tiny model uses is supported (``ada_norm_single``, no additional conditions, no dropout at
 train time, plain LoRA); :func:`supports` says whether a transformer qualifies, and anything else runs the
@@ -114,10 +114,23 @@ class Folded:
                 self.adapters += [A, B]
             lo = hi
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def effective_weight(self) -> Tensor:
+        """The stacked weight with the adapters folded in, attached to their graph when they train (for
+        algebra on the weight itself rather than a product with it)."""
+        if not self.train:
+            return self.weight
+        correction = torch.zeros_like(self.weight)
+        for (lo, hi, s), A, B in zip(self.spans, self.adapters[0::2], self.adapters[1::2]):
+            delta = B @ A
+            correction[lo:hi] += s * (delta - delta.detach())  # value 0: the folded weight already holds it
+        return self.weight + correction
+
+    def __call__(self, x: Tensor, bias: bool = True) -> Tensor:
+        """The outputs for ``x``; ``bias=False`` leaves the bias out (for a consumer that adds it itself)."""
+        b = self.bias if bias else None
         if self.train:
-            return _FoldedLoRA.apply(x, self.weight, self.bias, self.spans, *self.adapters)
-        return F.linear(x, self.weight, self.bias)
+            return _FoldedLoRA.apply(x, self.weight, b, self.spans, *self.adapters)
+        return F.linear(x, self.weight, b)
 
 
 _FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
@@ -169,19 +182,34 @@ def _self_attention(attn, x: Tensor) -> Tensor:
 
 
 def _cross_attention(attn, x: Tensor, text: Tensor, bias: Tensor | None) -> Tensor:
-    q = _heads(linear(x, attn.to_q), attn.heads)
-    k, v = linear(text, attn.to_k, attn.to_v).chunk(2, dim=-1)
-    k, v = _heads(k, attn.heads), _heads(v, attn.heads)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=attn.scale)
-    return linear(_merge_heads(out), attn.to_out[0])
+    """Cross-attention of the V·N tokens of each object to its few prompt tokens, with q's and the output's
+    projections moved onto the keys and values (associativity: (x Wq) kᵀ = x (k Wq)ᵀ and p (v Woᵀ)): products
+    of the T tokens with H·L prompt columns instead of two T x C x C projections."""
+    H = attn.heads
+    k, v = (_heads(t, H) for t in linear(text, attn.to_k, attn.to_v).chunk(2, dim=-1))  # [B, H, L, D]
+    B, _, L, D = k.shape
+    to_q, to_out = Folded(attn.to_q), Folded(attn.to_out[0])
+    wq, wo = to_q.effective_weight(), to_out.effective_weight()  # [H·D, C_in], [C_out, H·D]
+    kq = torch.einsum("bhld,hdc->bhlc", k, wq.view(H, D, -1)) * attn.scale  # scores = x · kq + kb
+    scores = torch.bmm(x, kq.reshape(B, H * L, -1).transpose(1, 2)).view(B, -1, H, L)
+    if to_q.bias is not None:
+        scores = scores + (torch.einsum("bhld,hd->bhl", k, to_q.bias.view(H, D)) * attn.scale)[:, None]
+    if bias is not None:
+        scores = scores + bias.view(B, 1, 1, L)
+    vo = torch.einsum("bhld,chd->bhlc", v, wo.view(-1, H, D))  # each value through its head's output columns
+    out = torch.bmm(scores.softmax(-1).view(B, -1, H * L), vo.reshape(B, H * L, -1))
+    return out if to_out.bias is None else out + to_out.bias
 
 
 def _feed_forward(ff, x: Tensor) -> Tensor:
     approximate = ff.net[0].approximate
-    act = gelu_tanh if approximate == "tanh" else lambda v: F.gelu(v, approximate=approximate)
     up, down = Folded(ff.net[0].proj), Folded(ff.net[2])
+    if approximate == "tanh":  # the bias goes into the GELU kernel: the product writes its output once
+        hidden = lambda c: gelu_tanh(up(c, bias=False), up.bias)  # noqa: E731
+    else:
+        hidden = lambda c: F.gelu(up(c), approximate=approximate)  # noqa: E731
     flat = x.reshape(-1, x.shape[-1])
-    parts = [down(act(up(c))) for c in flat.split(FF_CHUNK)]
+    parts = [down(hidden(c)) for c in flat.split(FF_CHUNK)]
     return (parts[0] if len(parts) == 1 else torch.cat(parts)).view(*x.shape[:-1], -1)
 
 

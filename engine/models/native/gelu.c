@@ -1,7 +1,8 @@
 /* The tanh approximation of GELU and its derivative, as PyTorch's gelu(approximate="tanh") defines them,
- * in one vectorised pass each (PyTorch's CPU kernel for it is several times slower than its other
- * activations). 0.5 x (1 + tanh z) is written as x sigmoid(2z), which needs one exp and no tanh.
- * Float32 only; the Python side (gelu.py) builds and loads it, splitting work over threads. */
+ * applied to x + b (a bias per column, added here so the matrix product before it needs no bias pass of
+ * its own), in one vectorised pass each; PyTorch's CPU kernel for it is several times slower than its
+ * other activations. 0.5 v (1 + tanh z) is written as v sigmoid(2z): one exp, no tanh.
+ * Float32, row-major [rows, cols]; the Python side (gelu.py) builds and loads it and splits rows over threads. */
 #include <math.h>
 #include <stdint.h>
 
@@ -15,21 +16,32 @@ static inline float exp_neg2z(float v) {
     return expf(fminf(fmaxf(t, -80.0f), 80.0f));
 }
 
-void gelu_forward(const float *restrict x, float *restrict y, int64_t n) {
+/* y = gelu(x + b); b may be NULL (no bias). */
+void gelu_forward(const float *restrict x, const float *restrict b, float *restrict y, int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols;
+        float *yr = y + r * cols;
 #pragma omp simd
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        y[i] = v / (1.0f + exp_neg2z(v));
+        for (int64_t i = 0; i < cols; i++) {
+            float v = xr[i] + (b ? b[i] : 0.0f);
+            yr[i] = v / (1.0f + exp_neg2z(v));
+        }
     }
 }
 
-/* dx = dy * d/dx [x s(2z)] = dy * (s + 2 x s (1 - s) K (1 + 3 C x^2)), s = sigmoid(2z) = 1 / (1 + e^{-2z}). */
-void gelu_backward(const float *restrict x, const float *restrict dy, float *restrict dx, int64_t n) {
+/* dx = dy * d/dv [v s(2z)] = dy * (s + 2 v s (1 - s) K (1 + 3 C v^2)), s = sigmoid(2z) = 1 / (1 + e^{-2z}),
+ * at v = x + b. (The bias's gradient is the column sum of dx, taken by the caller.) */
+void gelu_backward(const float *restrict x, const float *restrict b, const float *restrict dy, float *restrict dx,
+                   int64_t rows, int64_t cols) {
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * cols, *dyr = dy + r * cols;
+        float *dxr = dx + r * cols;
 #pragma omp simd
-    for (int64_t i = 0; i < n; i++) {
-        float v = x[i];
-        float e = exp_neg2z(v);
-        float s = 1.0f / (1.0f + e); /* 1 - s = e s, exact where s rounds to 1 */
-        dx[i] = dy[i] * (s + 2.0f * v * e * s * s * K * (1.0f + 3.0f * C * v * v));
+        for (int64_t i = 0; i < cols; i++) {
+            float v = xr[i] + (b ? b[i] : 0.0f);
+            float e = exp_neg2z(v);
+            float s = 1.0f / (1.0f + e); /* 1 - s = e s, exact where s rounds to 1 */
+            dxr[i] = dyr[i] * (s + 2.0f * v * e * s * s * K * (1.0f + 3.0f * C * v * v));
+        }
     }
 }
