@@ -4,6 +4,7 @@ and held-out evaluation run, and (``--against REV``) all of it against another r
     python bench/align.py                          # every method's step at the study's settings, this tree
     python bench/align.py --against HEAD~3         # steps, sampling and evaluation: REV vs this tree, alternating
     python bench/align.py --against REV --only sampling eval --repeats 2
+    python bench/align.py --against REV --only step --profile   # with torch.profiler's breakdown of one step
     python bench/align.py --pair                   # two runs side by side (1 thread each) vs one run with 2 threads
     python bench/align.py --live 30 --checkpoints 3,10,30   # held-out reward vs wall time (minutes)
 
@@ -12,8 +13,10 @@ thread, unless ``--set`` / ``--threads`` say otherwise. Every measurement runs i
 peak memory, nothing carried over) and prints one JSON line:
 
 - ``step``: median seconds per optimiser step after a warm-up step, the split (sampling / denoiser calls /
-  decode + render / reward; backward passes are the rest), denoiser rows per trajectory, peak RSS, and the
-  step's cost as a ratio to sampling the same trajectories;
+  decode + render / reward; backward passes are the rest), denoiser rows per trajectory, peak RSS, the
+  step's cost as a ratio to sampling the same trajectories, and with ``--profile`` torch.profiler's
+  breakdown of one more step (shares of self CPU time: matrix products, attention, convolutions, the
+  native kernels, the rest; and the top ops);
 - ``sampling``: seconds per asset of 20-step CFG sampling at batch 1 and 8, the denoiser's model FLOPs per
   asset (as the stock diffusers forward counts them: linear layers, convolutions and attention), the
   achieved GFLOP/s, and this machine's fp32 GEMM rate measured in the same process at the same thread
@@ -78,21 +81,44 @@ class Clock:
         setattr(owner, name, timed)
 
 
-def measure_step(method: str, steps: int, overrides: list[str]) -> dict:
+def profile_step(trainer, top: int = 8) -> dict:
+    """torch.profiler's breakdown of one optimiser step: share of self CPU time by op group and the top ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        trainer.train_step()
+    events = [(e.key, e.self_cpu_time_total / 1e6) for e in prof.key_averages()]
+    total = sum(t for _, t in events) or 1.0
+    groups = {"matmul": ("aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm"), "attention": ("scaled_dot_product",),
+              "convolution": ("convolution",), "native kernels": ("_Native",)}
+    shares = {g: 0.0 for g in (*groups, "other")}
+    for name, t in events:
+        group = next((g for g, keys in groups.items() if any(k in name for k in keys)), "other")
+        shares[group] += t / total
+    ops = sorted(events, key=lambda e: -e[1])[:top]
+    return {"profile_s": round(total, 2), "profile_shares": {g: round(v, 3) for g, v in shares.items()},
+            "profile_top": {n[:60]: round(t / total, 3) for n, t in ops}}
+
+
+def measure_step(method: str, steps: int, overrides: list[str], profiled: bool = False) -> dict:
     import torch
     from engine.align import RunConfig, Trainer
     from engine.models.base import SplatDiffusionModel
 
-    cfg = RunConfig(method=method, steps=steps + 1, sample_every=0, checkpoint_every=0).apply_overrides(overrides)
+    cfg = RunConfig(method=method, steps=steps + 1 + profiled, sample_every=0, checkpoint_every=0).apply_overrides(overrides)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, Path(tmp) / "run")
+        breakdown = {}
+        if profiled:  # after one warm-up step, before the timed ones (no wrappers in the way)
+            trainer.train_step()
+            breakdown = profile_step(trainer)
         clock = Clock()
         clock.wrap(SplatDiffusionModel, "eps", "denoiser", count_rows=True)
         clock.wrap(trainer.path, "render", "render")
         clock.wrap(trainer.path, "score", "reward")
         rows, splits = [], []
         for i, m in enumerate(trainer.run()):
-            if i == 0:  # warm-up (first renders build the native core, caches fill)
+            if i == 0 and not profiled:  # warm-up (first renders build the native core, caches fill)
                 clock.__init__()
                 continue
             rows.append(m)
@@ -107,7 +133,7 @@ def measure_step(method: str, steps: int, overrides: list[str]) -> dict:
         "render_s": round(med("render"), 3), "reward_s": round(med("reward"), 3),
         "denoiser_fwd_per_traj": med("fwd") / cfg.batch_size, "denoiser_bwd_per_traj": med("bwd") / cfg.batch_size,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "step_over_sampling": round(step / sample, 2),
+        "step_over_sampling": round(step / sample, 2), **breakdown,
     }
 
 
@@ -204,7 +230,7 @@ def child(args) -> None:
 
     torch.set_num_threads(args.threads)
     if args.kind == "step":
-        out = measure_step(args.method, args.steps, args.set)
+        out = measure_step(args.method, args.steps, args.set, args.profile)
     elif args.kind == "sampling":
         out = measure_sampling([1, 8], 20, args.repeats_inner)
     else:
@@ -217,7 +243,7 @@ def child(args) -> None:
 def _command(root: Path, kind: str, args, method: str | None = None, threads: int | None = None) -> list[str]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, "--root", str(root), "--threads",
            str(threads or args.threads), "--steps", str(args.steps), "--eval-prompts", str(args.eval_prompts), "--set", *args.set]
-    return cmd + (["--method", method] if method else [])
+    return cmd + (["--method", method] if method else []) + (["--profile"] if args.profile else [])
 
 
 def _env(threads: int) -> dict:
@@ -327,6 +353,7 @@ def main() -> None:
     p.add_argument("--only", nargs="*", choices=KINDS, default=None, help="with --against: which measurements (default: all)")
     p.add_argument("--repeats", type=int, default=1, help="with --against: rounds of every measurement")
     p.add_argument("--eval-prompts", type=int, default=8, help="held-out prompts in the evaluation measurement (x 2 seeds)")
+    p.add_argument("--profile", action="store_true", help="also torch.profiler's breakdown of one step per method")
     p.add_argument("--pair", action="store_true", help="two runs with one thread each vs one run with two threads")
     p.add_argument("--live", type=float, help="minutes of a live Nabla-R2D3 run")
     p.add_argument("--checkpoints", default="3", help="minutes at which the live run's held-out reward is measured")
