@@ -101,7 +101,6 @@ def profile_step(trainer, top: int = 8) -> dict:
 
 
 def measure_step(method: str, steps: int, overrides: list[str], profiled: bool = False) -> dict:
-    import torch
     from engine.align import RunConfig, Trainer
     from engine.models.base import SplatDiffusionModel
 

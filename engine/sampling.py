@@ -11,7 +11,6 @@ optionally ``noise_schedule`` (its training betas, default BETAS).
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 
 import torch

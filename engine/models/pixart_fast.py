@@ -6,10 +6,11 @@ What it does differently from the stock forward (each exact up to float summatio
 - the V views of an object stay one sequence of V·N tokens all the way: joint self-attention needs no
   regrouping, and the per-object timestep modulation broadcasts over every token;
 - cross-attention takes all V·N queries of an object against its prompt's keys once, instead of repeating
-  the prompt V times; prompt tokens that every row masks out are dropped (their −10000 bias gives them
-  an attention weight of exactly 0 in float32);
+  the prompt V times, with the query and output projections moved onto the few keys and values; prompt
+  tokens that every row masks out are dropped (their −10000 bias gives them a weight of exactly 0 in float32);
 - q, k and v of self-attention come from one matrix product with the three weights stacked;
-- a LoRA layer runs as one linear with its adapter folded in, W + s·B·A (gradients still reach A and B);
+- a LoRA layer runs as one linear with its adapter folded in, W + s·B·A, kept until a weight changes; its
+  backward gives A and B their gradients from rank-r products, as peft's unfolded layer does;
 - the feed-forward runs on token chunks small enough to stay in cache, its tanh-GELU (with the
   bias of the product before it) in a native kernel (engine.models.gelu).
 
@@ -24,14 +25,11 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.lora.layer import LoraLayer
 from torch import Tensor, nn
 
 from .gelu import gelu_tanh
 
-try:  # peft is a dependency of the engine; the lean path needs only its layer type
-    from peft.tuners.lora.layer import LoraLayer
-except ImportError:  # pragma: no cover
-    LoraLayer = ()
 
 class Unsupported(TypeError):
     """The transformer uses something the lean forward does not implement: run the stock forward."""
