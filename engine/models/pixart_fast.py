@@ -86,10 +86,22 @@ class _FoldedLoRA(torch.autograd.Function):
         grads = []
         for (lo, hi, scale), A, B in zip(ctx.spans, adapters[0::2], adapters[1::2]):
             gi = g[:, lo:hi]
-            grads.append(scale * (gi @ B).t() @ xs if ctx.needs_input_grad[4 + len(grads)] else None)
-            grads.append(scale * gi.t() @ (xs @ A.t()) if ctx.needs_input_grad[4 + len(grads)] else None)
+            grads.append(scale * (gi @ B).t() @ xs if _wanted(ctx, 4 + len(grads), A) else None)
+            grads.append(scale * gi.t() @ (xs @ A.t()) if _wanted(ctx, 4 + len(grads), B) else None)
         gx = grad @ weight if ctx.needs_input_grad[0] else None
         return gx, None, None, None, *grads
+
+
+def _wanted(ctx, index: int, leaf: Tensor) -> bool:
+    """Whether this backward pass needs ``leaf``'s gradient: a pass that asks only for an input's gradient
+    (Nabla-R2D3's look-ahead, torch.autograd.grad) skips the adapters' products. Asks the autograd engine
+    (a private hook of PyTorch's; without it, every gradient is computed)."""
+    if not ctx.needs_input_grad[index]:
+        return False
+    try:
+        return torch._C._will_engine_execute_node(torch.autograd.graph.get_gradient_edge(leaf).node)
+    except (AttributeError, RuntimeError):
+        return True
 
 
 class Folded:
