@@ -135,7 +135,8 @@ class GraphPlan:
 
 @dataclass
 class Rollout:
-    """One optimiser step's samples, drawn without gradients by the shared sampler."""
+    """One optimiser step's samples, drawn by the shared sampler (without gradients, but for the calls a
+    method's GraphPlan asked to keep)."""
 
     prompts: list[str]
     cond: Condition  # B rows

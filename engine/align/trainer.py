@@ -1,8 +1,8 @@
 """The shared trainer: every method runs through this one loop.
 
-    sample (recorded, no grad) -> decode -> render from the reward rig -> rewards -> the method's losses
-    -> backward -> all-reduce -> non-finite check -> clip -> AdamW on the LoRA parameters -> metrics
-    -> checkpoint / samples / evaluation
+    sample (recorded; no grad but for the calls the method's GraphPlan keeps) -> decode -> render from the
+    reward rig -> rewards -> the method's losses -> backward -> all-reduce -> non-finite check -> clip ->
+    AdamW on the LoRA parameters -> metrics -> checkpoint / samples / evaluation
 
 A run lives in a folder a person can read without the code: ``config.json``, ``metrics.csv`` (one row per
 optimiser step), ``eval.csv``, ``adapter/`` (peft format), ``samples/step_NNNN.png`` and ``checkpoint/``

@@ -127,8 +127,9 @@ class Method:
         return None
 
     def losses(self, rollout: Rollout, step: int) -> Iterator[tuple[Tensor, dict[str, float]]]:
-        """Yields (loss, metrics) chunks; the trainer backpropagates each at once (bounded memory). The
-        chunks' gradients add up to the gradient of the method's objective averaged over the local batch."""
+        """Yields (loss, metrics) chunks; the trainer backpropagates each at once (bounded memory), or all in
+        one pass when the rollout kept sampler calls (one call may serve several chunks). The chunks'
+        gradients add up to the gradient of the method's objective averaged over the local batch."""
         raise NotImplementedError
 
     def after_step(self, step: int, rollout: Rollout) -> None:

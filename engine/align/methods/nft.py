@@ -79,7 +79,7 @@ class DiffusionNFT(Method):
             per = cfg.adv_clip * (r.repeat(len(ks)) * l_pos + (1 - r.repeat(len(ks))) * l_neg) / cfg.beta
             per = per / (tr.sigma[j] / tr.alpha[j]).to(per)
             loss, rows = 0.0, []
-            for i, span in enumerate(torch.arange(len(j)).split(B)):  # each noise level's terms, as one level alone
+            for span in torch.arange(len(j)).split(B):  # each noise level's terms, as one level alone
                 kl = cfg.kl * (eps[span] - eps_ref[span]).pow(2).mean() if cfg.kl > 0 else per.new_zeros(())
                 loss = loss + (per[span].mean() + kl) / cfg.timesteps
                 rows.append({"nft_pos": l_pos[span].mean().item(), "nft_neg": l_neg[span].mean().item(), "kl": kl.item(),
