@@ -36,7 +36,7 @@ class Unsupported(TypeError):
 
 
 MASK_BIAS = -10000.0  # diffusers' bias for a masked prompt token
-FF_CHUNK = 1024  # tokens per feed-forward chunk: its 4x-wide hidden state stays in a core's L2 cache
+FF_CHUNK = 1024  # tokens per feed-forward pass: its 2 MiB hidden state is reused, not re-mapped (4096: 10% slower sampling)
 
 
 def supports(transformer) -> bool:
