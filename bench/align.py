@@ -5,6 +5,7 @@ and held-out evaluation run, and (``--against REV``) all of it against another r
     python bench/align.py --against HEAD~3         # steps, sampling and evaluation: REV vs this tree, alternating
     python bench/align.py --against REV --only sampling eval --repeats 2
     python bench/align.py --against REV --only step --profile   # with torch.profiler's breakdown of one step
+    python bench/align.py --against REV --only metrics --steps 5  # the same seed's metrics in both trees
     python bench/align.py --pair                   # two runs side by side (1 thread each) vs one run with 2 threads
     python bench/align.py --live 30 --checkpoints 3,10,30   # held-out reward vs wall time (minutes)
 
@@ -22,7 +23,10 @@ peak memory, nothing carried over) and prints one JSON line:
   achieved GFLOP/s, and this machine's fp32 GEMM rate measured in the same process at the same thread
   count (a 1024³ matrix product): the fraction is the physical limit the denoiser is measured against;
 - ``eval``: seconds for one held-out evaluation of a run (a LoRA-adapted model, ``--eval-prompts`` held-out
-  prompts x 2 seeds at the run's sampler steps, 128 px), the base's once-per-run pass apart.
+  prompts x 2 seeds at the run's sampler steps, 128 px), the base's once-per-run pass apart;
+- ``metrics`` (``--only metrics``, with ``--against``): ``--steps`` optimiser steps of each method from the
+  same seed in both trees, and the largest relative difference of reward, loss and gradient norm per step
+  and of the trained adapter's norm: how far float summation order moves the results.
 
 With ``--against REV`` each measurement runs on a git worktree of REV and on this tree, alternating
 (REV first, then this tree, then the other order on the next repeat), and a table of before / after /
@@ -44,7 +48,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ["batch_size=4", "sampler_steps=10", "render_resolution=64", "reward_views=4", "reward=geometry"]
-KINDS = ("step", "sampling", "eval")
+KINDS = ("step", "sampling", "eval", "metrics")
 
 
 # ------------------------------------------------------------------------------- measurements (child)
@@ -224,12 +228,28 @@ def measure_eval(prompt_count: int, steps: int, seeds: int) -> dict:
             "base_s": round(base, 2)}
 
 
+def measure_metrics(method: str, steps: int, overrides: list[str]) -> dict:
+    """Every training metric of ``steps`` optimiser steps from seed 0, and the adapter's final weights' norm."""
+    import torch
+    from engine.align import RunConfig, Trainer
+
+    cfg = RunConfig(method=method, steps=steps, sample_every=0, checkpoint_every=0).apply_overrides(overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(cfg, Path(tmp) / "run")
+        rows = list(trainer.run())
+        norm = torch.sqrt(sum(p.detach().double().pow(2).sum() for p in trainer.params.values())).item()
+    keys = ("reward_mean", "loss", "grad_norm")
+    return {"method": method, **{k: [r[k] for r in rows] for k in keys}, "lora_norm": norm}
+
+
 def child(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
     if args.kind == "step":
         out = measure_step(args.method, args.steps, args.set, args.profile)
+    elif args.kind == "metrics":
+        out = measure_metrics(args.method, args.steps, args.set)
     elif args.kind == "sampling":
         out = measure_sampling([1, 8], 20, args.repeats_inner)
     else:
@@ -257,11 +277,11 @@ def _run(cmd: list[str], threads: int) -> dict:
 
 
 def _items(args) -> list[tuple[str, str | None]]:
-    items = [("step", m) for m in args.methods] if "step" in args.only else []
+    items = [(k, m) for k in ("step", "metrics") if k in args.only for m in args.methods]
     return items + [(k, None) for k in ("sampling", "eval") if k in args.only]
 
 
-KEYS = {"step": ("step_s", "sampling_s"), "sampling": ("b1_s_per_asset", "b8_s_per_asset"), "eval": ("evaluate_s",)}
+KEYS = {"step": ("step_s", "sampling_s"), "sampling": ("b1_s_per_asset", "b8_s_per_asset"), "eval": ("evaluate_s",), "metrics": ()}
 
 
 def against(args) -> None:
@@ -292,6 +312,18 @@ def against(args) -> None:
                 continue
             b, a = statistics.median(values["before"]), statistics.median(values["after"])
             print(f"| {kind} {method or ''} {key} | {b:.3f} | {a:.3f} | {b / a:.2f}x |")
+    for (kind, method), by in results.items():
+        if kind == "metrics" and by.get("before") and by.get("after"):
+            b, a = by["before"][0], by["after"][0]
+            if "error" in b or "error" in a:
+                print(f"| metrics {method} | failed | | |")
+                continue
+            cells = []
+            for k in ("reward_mean", "loss", "grad_norm", "lora_norm"):
+                x, y = (v[k] if isinstance(v[k], list) else [v[k]] for v in (b, a))
+                delta, scale = max(abs(p - q) for p, q in zip(x, y)), max(abs(p) for p in x)
+                cells.append(f"{k}: {delta:.1e} of {scale:.2g}")  # largest |before - after| of largest |before|
+            print(f"| metrics {method}, {len(b['loss'])} steps: largest difference of largest value | " + " | ".join(cells) + " |")
     for (kind, _), by in results.items():
         if kind == "sampling":
             for label in ("before", "after"):
@@ -349,7 +381,8 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=None, help=f"config overrides (default: the study's, {' '.join(STUDY)})")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--against", metavar="REV", help="also measure git revision REV (a worktree), alternating with this tree")
-    p.add_argument("--only", nargs="*", choices=KINDS, default=None, help="with --against: which measurements (default: all)")
+    p.add_argument("--only", nargs="*", choices=KINDS, default=None,
+                   help="with --against: which measurements (default: step sampling eval; metrics: the same seed's training metrics in both trees)")
     p.add_argument("--repeats", type=int, default=1, help="with --against: rounds of every measurement")
     p.add_argument("--eval-prompts", type=int, default=8, help="held-out prompts in the evaluation measurement (x 2 seeds)")
     p.add_argument("--profile", action="store_true", help="also torch.profiler's breakdown of one step per method")
@@ -381,7 +414,7 @@ def main() -> None:
     elif args.pair:
         pair(args)
     elif args.against:
-        args.only = args.only or list(KINDS)
+        args.only = args.only or ["step", "sampling", "eval"]
         against(args)
     else:
         for method in args.methods:
