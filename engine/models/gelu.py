@@ -26,7 +26,7 @@ _SOURCE = Path(__file__).with_name("native") / "gelu.c"
 _LOCK = threading.Lock()
 _LIB: list = []  # [] not tried yet, [None] unavailable, [lib]
 _PARALLEL_MIN = 1 << 17  # elements below which one thread is faster than handing out work
-_POOL: list[ThreadPoolExecutor] = []
+_POOL: dict[int, ThreadPoolExecutor] = {}  # by worker count
 
 
 def _lib():
@@ -59,9 +59,10 @@ def _run(fn, tensors: list[Tensor | None], rows: int, cols: int) -> None:
         fn(*ptrs(0), ctypes.c_int64(rows), ctypes.c_int64(cols))
         return
     with _LOCK:
-        if not _POOL or _POOL[0]._max_workers < threads:
-            _POOL[:] = [ThreadPoolExecutor(threads)]
-    jobs = [_POOL[0].submit(fn, *ptrs(lo), ctypes.c_int64(min(step, rows - lo)), ctypes.c_int64(cols)) for lo in range(0, rows, step)]
+        if threads not in _POOL:
+            _POOL[threads] = ThreadPoolExecutor(threads)
+        pool = _POOL[threads]
+    jobs = [pool.submit(fn, *ptrs(lo), ctypes.c_int64(min(step, rows - lo)), ctypes.c_int64(cols)) for lo in range(0, rows, step)]
     for job in jobs:
         job.result()
 
