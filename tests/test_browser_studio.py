@@ -137,11 +137,11 @@ def test_generate_tab_makes_an_asset(page):
     panel.get_by_role("button", name="Generate", exact=True).click()
     info = panel.get_by_text(re.compile(r"sampled in [\d.]+ s, 10 steps"))
     info.wait_for(timeout=LONG)
-    assert PROMPT in info.inner_text()
+    assert PROMPT in info.inner_text(timeout=LONG)  # the splat viewer mounting can hold the page for a minute
     views = panel.locator("img[src*='views.png']:visible")  # gradio may keep hidden copies of an image
     views.wait_for(timeout=LONG)
     page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=views.element_handle(), timeout=LONG)
-    width, height = views.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    width, height = views.evaluate("img => [img.naturalWidth, img.naturalHeight]", timeout=LONG)
     assert width == 4 * height, (width, height)  # 4 views side by side
     panel.get_by_text(re.compile(r"Mesh: [\d,]+ faces")).wait_for(timeout=LONG)  # the mesh follows the splat
     _wait_for_red(page.locator("#generate-mesh canvas"))
