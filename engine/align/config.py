@@ -41,6 +41,9 @@ class NablaConfig:
     image_noise: float = 2e-3  # std of the noise on those copies
     reward_views: int = 0  # score this many of the views per transition (0 = all; 2 = the memory-saving mode)
     loss: str = "l2"  # "l2" or "l1"
+    # "score": the residual in score units, as the paper (the last sampler step's c_j ~ 1e3 makes it most of the
+    # loss); "eps": divided by c_j, each transition weighs alike. Same fixed point (engine/align/theory/THEORY.md §3)
+    weighting: str = "score"
     lookahead: str = "next"  # x̂0 at ᾱ(t_{j+1}); "reference" reproduces the reference's double shift (§8 B1)
     lag: bool = False  # train on the previous round's samples (the reference's one-round lag, §2.4)
 
@@ -57,6 +60,7 @@ class NablaConfig:
                        "raise it so that steps x fraction >= 1")
         _choice("nabla.adaptive_scaling", self.adaptive_scaling, ("squared", "sqrt", "none"))
         _choice("nabla.loss", self.loss, ("l2", "l1"))
+        _choice("nabla.weighting", self.weighting, ("score", "eps"))
         _choice("nabla.lookahead", self.lookahead, ("next", "reference"))
         if self.reward_grad_clip < 0:
             raise _bad("nabla.reward_grad_clip", self.reward_grad_clip, "must be >= 0", "0 turns the clip off")

@@ -46,7 +46,9 @@ class Transitions:
     std: Tensor  # [N]
 
     @classmethod
-    def for_model(cls, model, steps: int) -> "Transitions":
+    def for_model(cls, model, steps: int, dtype: torch.dtype = torch.float32) -> "Transitions":
+        """The coefficients for ``steps`` sampler steps on the model's noise schedule (computed in float64,
+        kept in ``dtype``)."""
         sched = make_scheduler("sde-dpmsolver++", getattr(model, "noise_schedule", None))
         sched.set_timesteps(steps)
         sig = sched.sigmas.double()
@@ -57,7 +59,7 @@ class Transitions:
         a = sigma[1:] / sigma[:-1] * torch.exp(-h)
         b = alpha[1:] * (1 - torch.exp(-2 * h))
         std = sigma[1:] * torch.sqrt(1 - torch.exp(-2 * h))
-        f = lambda t: t.float()  # noqa: E731
+        f = lambda t: t.to(dtype)  # noqa: E731
         return cls(sched.timesteps.long().clone(), f(alpha), f(sigma), f(a), f(b), f(std))
 
     @property

@@ -117,10 +117,12 @@ class World:
 
 class Trainer:
     """One finetuning run. ``model``: an already loaded base (the studio's), else loaded from the config;
-    ``reward``: a Reward object instead of building ``config.reward`` from the registry."""
+    ``reward``: a Reward object instead of building ``config.reward`` from the registry; ``path``: a whole
+    reward path instead of rendering for ``reward`` (an analytic world scores its samples directly, see
+    ``engine.align.theory``); ``prompts``: the training prompts instead of ``config.prompts``."""
 
     def __init__(self, config: RunConfig, out: str | Path, *, resume: bool = False, model=None, reward=None,
-                 eval_cache: str | Path | None = None):
+                 eval_cache: str | Path | None = None, path=None, prompts: list[str] | None = None):
         self.config = config.validate()
         self.eval_cache = eval_cache  # a folder where the base's held-out scores are kept and shared between runs
         self.out = Path(out)
@@ -132,12 +134,15 @@ class Trainer:
         if self.local_batch % group:
             raise ValueError(f"batch_size = {config.batch_size}: each of {self.world.size} processes needs whole groups of {group}.")
         self._check_folder(resume)
-        self.prompts = read_prompts(config.prompts)
+        self.prompts = [validate_prompt(p) for p in prompts] if prompts is not None else read_prompts(config.prompts)
         outside = [p for p in self.prompts if prompt_notice(p)] if config.model == "tiny" else []
         if outside:
             log.warning("%d of %d prompts are outside the tiny model's world (e.g. %r): they train, but its rewards may mean little.",
                         len(outside), len(self.prompts), outside[0])
-        self.reward = reward.freeze() if reward is not None else self._build_reward()
+        if path is not None:
+            self.reward = path.reward
+        else:
+            self.reward = reward.freeze() if reward is not None else self._build_reward()
         self.model = model if model is not None else load_model(config.model, config.weights, dtype=config.dtype, device=config.device)
         self.model.eval().requires_grad_(False)
         with torch.random.fork_rng(devices=[]):  # the adapter's init depends on the run seed only
@@ -147,9 +152,9 @@ class Trainer:
         self.params = dict(zip(names, params))
         self.guidance = config.guidance if config.guidance is not None else self.model.guidance_default
         self.transitions = Transitions.for_model(self.model, config.sampler_steps)
-        self.path = RewardPath(self.model, self.reward, resolution=config.render_resolution, views=config.reward_views,
-                               azimuth_range=config.view_azimuth_range, elevation_jitter=config.view_elevation_jitter,
-                               aggregate=config.aggregate)
+        self.path = path if path is not None else RewardPath(
+            self.model, self.reward, resolution=config.render_resolution, views=config.reward_views,
+            azimuth_range=config.view_azimuth_range, elevation_jitter=config.view_elevation_jitter, aggregate=config.aggregate)
         ctx = Context(self.model, self.params, self.path, self.transitions, config, self.world.gather,
                       self.world.gather_objects, lambda: lora.adapters_disabled(self.model), self.world.size)
         self.method = METHODS[config.method](config.method_config(), ctx)

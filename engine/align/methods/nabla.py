@@ -76,6 +76,8 @@ class NablaR2D3(Method):
             if cfg.strength != 1:
                 s_diff = s_diff + (1 - cfg.strength) * (tr.mean(j, x, eps_ref) - x_next) / _bc(tr.std[j], x) ** 2
             resid = s_diff - g
+            if cfg.weighting == "eps":  # the same residual in ε units: each transition weighs alike
+                resid = resid / _bc(tr.score_coefficient(j), resid)
             fwd = resid.pow(2).mean() if cfg.loss == "l2" else resid.abs().mean()
             reg = (eps - eps_old).pow(2).mean()
             shift = g / _bc(tr.score_coefficient(j), g)
@@ -115,7 +117,7 @@ class NablaR2D3(Method):
                 ab = _bc(alpha_bar(model, t_x0[nt]), xa)
                 x0 = x.index_copy(0, nt, (xa - (1 - ab).sqrt() * eps) / ab.sqrt())
             renders = ctx.reward.render(x0, cams)
-            total, V = 0.0, renders.rgb.shape[1]
+            total, V = 0.0, ctx.reward.views
             for _ in range(cfg.n_reward_avg):
                 views = None
                 if cfg.reward_views and cfg.reward_views < V:
