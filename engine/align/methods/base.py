@@ -143,11 +143,25 @@ class Method:
         pass
 
 
-def kl_to_base(ctx: Context, rollout: Rollout, x: Tensor, t: Tensor, eps: Tensor, weight: float) -> Tensor:
-    """weight · mean (ε_θ − ε_base)² at the same inputs (0 without a weight): the ε-space pull to the base."""
+def kl_to_base(ctx: Context, rollout: Rollout, x: Tensor, t: Tensor, eps: Tensor, weight: float, *,
+               checkpointing: bool = False) -> Tensor:
+    """weight · mean (ε_θ − ε_base)² at the same inputs (0 without a weight): the ε-space pull to the base.
+
+    Where x carries the graph of a replayed chain, the base runs on that same x with its graph: the pull's
+    gradient through x is then that of the difference alone. (With the base at a detached x, ε_θ's own
+    x-Jacobian went unbalanced: on the theory world DRaFT-10 with kl=30 ran off to 5e3 target stds instead of
+    settling on its fixed point; engine/align/theory/THEORY.md §4.)"""
     if weight <= 0:
         return eps.new_zeros(())
-    return weight * (eps - ctx.reference_eps(rollout, x.detach(), t)).pow(2).mean()
+    if not x.requires_grad:
+        return weight * (eps - ctx.reference_eps(rollout, x, t)).pow(2).mean()
+
+    def base_eps(x: Tensor) -> Tensor:
+        with ctx.reference():  # inside the function: a checkpoint's recomputation must see the base too
+            return ctx.eps(rollout, x, t)
+
+    ref = torch.utils.checkpoint.checkpoint(base_eps, x, use_reentrant=False) if checkpointing else base_eps(x)
+    return weight * (eps - ref).pow(2).mean()
 
 
 def mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
@@ -168,7 +182,7 @@ def replay(ctx: Context, rollout: Rollout, start: int, *, kl: float = 0.0, check
             eps = torch.utils.checkpoint.checkpoint(ctx.eps, rollout, x, t, use_reentrant=False)
         else:
             eps = ctx.eps(rollout, x, t)
-        penalty = penalty + kl_to_base(ctx, rollout, x, t, eps, kl)
+        penalty = penalty + kl_to_base(ctx, rollout, x, t, eps, kl, checkpointing=checkpointing)
         x = tr.mean(j, x, eps) + (traj.next_latents[:, i] - traj.means[:, i])
     return x, penalty / (tr.steps - start)
 
