@@ -33,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-samples", type=int, default=4096, help="fresh samples per measurement (the same noise each time)")
+    p.add_argument("--pool", type=int, default=100_000, help="base samples behind p_ref (and p* where it is resampled)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="method knobs (draft.kl=0.1, nabla.weighting=score) or run knobs (lr=1e-2); a group's knobs go to its method")
     p.add_argument("--out", help="folder for rows.csv, figure.html and summary.jsonl (default outputs/theory/<world>-<reward>-beta<β>)")
@@ -58,20 +60,30 @@ def figure(rows, world: World):
     return fig
 
 
+def tail(errors: list[float]) -> dict:
+    """Mean and standard deviation of the mean error over the last third of the measurements (at least two):
+    where a run hovers, the band its final figure sits in."""
+    last = errors[1:][-max(2, len(errors[1:]) // 3):]
+    mean = sum(last) / len(last)
+    sd = (sum((e - mean) ** 2 for e in last) / max(1, len(last) - 1)) ** 0.5
+    return {"tail_mean_error_std": mean, "tail_sd": sd, "tail_measurements": len(last)}
+
+
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.steps < 1 or args.every < 1:
-        print("error: --steps and --every must be >= 1", file=sys.stderr)
+    if min(args.steps, args.every, args.eval_samples - 1, args.pool - 1) < 1:
+        print("error: --steps and --every must be >= 1, --eval-samples and --pool >= 2", file=sys.stderr)
         return 2
     setup = TheorySetup(world=args.world, dim=args.dim, reward=args.reward, beta=args.beta, sampler_steps=args.sampler_steps,
-                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, overrides=list(args.set))
+                        batch_size=args.batch_size, lr=args.lr, seed=args.seed, eval_samples=args.eval_samples,
+                        overrides=list(args.set))
     try:
         for m in args.methods:  # every --set is checked before anything trains
             setup.run_config(m, args.steps)
-        world = World(setup)
+        world = World(setup, pool=args.pool)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -81,11 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     for m in args.methods:
         t0 = time.perf_counter()
         with TheoryRun(setup, m, world=world, steps=args.steps) as run:
+            errors = []
             for row in run.steps(args.steps, every=args.every):
                 rows.append({k: v for k, v in row.items() if k != "sample_mean"})
+                errors.append(row["mean_error_std"])
                 print(f"{m:>13} step {row['step']:4d}  mean error {row['mean_error_std']:.3f} std  var ratio {row['var_ratio']:.3f}  "
                       f"reward gap {row['reward_gap']:+.3f}", file=sys.stderr, flush=True)
-            summaries.append(run.summary(row) | {"seconds": round(time.perf_counter() - t0, 1)})
+            summaries.append(run.summary(row) | tail(errors) | {"seconds": round(time.perf_counter() - t0, 1)})
             clouds[m] = run.samples()[:600, :2]
     table = pd.DataFrame(rows)
     table.to_csv(out / "rows.csv", index=False)
