@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from engine.align.config import RunConfig
-from engine.align.theory import TheoryRun, TheorySetup, World, distances, resample_tilt, tilt_linear
+from engine.align.theory import (
+    TheoryRun,
+    TheorySetup,
+    World,
+    distances,
+    resample_tilt,
+    tilt_linear,
+)
 from engine.align.theory.__main__ import main
 from engine.align.theory.targets import gaussian_error
 
@@ -79,7 +86,7 @@ def test_kl_regularised_reward_gradient_settles_on_its_own_fixed_point():
     per-step strengths, 0.13 target std short of p* at kl=30, and stays there."""
     setup = TheorySetup(lr=1e-3, eval_samples=2048, overrides=["draft.k=10", "draft.kl=30"])
     with TheoryRun(setup, "draft", world=World(setup, pool=2_000), steps=150) as run:
-        fixed, cov = run.fixed_point
+        fixed, _ = run.fixed_point
         target = run.world.target.samples
         offset = gaussian_error(fixed, target.mean(0), torch.cov(target.T))
         run.train(100)

@@ -5,7 +5,29 @@
 
 from .run import TheoryRun, TheorySetup, World
 from .targets import GaussianChain, distances, resample_tilt, tilt_linear
-from .world import REWARDS, WORLDS, Mixture, SampleReward, SampleRewardPath, WorldModel, make_data
+from .world import (
+           REWARDS,
+           WORLDS,
+           Mixture,
+           SampleReward,
+           SampleRewardPath,
+           WorldModel,
+           make_data,
+)
 
-__all__ = ["TheoryRun", "TheorySetup", "World", "GaussianChain", "distances", "resample_tilt", "tilt_linear", "REWARDS",
-           "WORLDS", "Mixture", "SampleReward", "SampleRewardPath", "WorldModel", "make_data"]
+__all__ = [
+           "REWARDS",
+           "WORLDS",
+           "GaussianChain",
+           "Mixture",
+           "SampleReward",
+           "SampleRewardPath",
+           "TheoryRun",
+           "TheorySetup",
+           "World",
+           "WorldModel",
+           "distances",
+           "make_data",
+           "resample_tilt",
+           "tilt_linear",
+]

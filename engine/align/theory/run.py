@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
 from ...sampling import sample
 from ..config import RunConfig
 from ..methods import METHODS
-from .targets import GaussianChain, Target, distances, gaussian_error, resample_tilt, tilt_linear
+from .targets import (
+    GaussianChain,
+    Target,
+    distances,
+    gaussian_error,
+    resample_tilt,
+    tilt_linear,
+)
 from .world import Mixture, SampleReward, SampleRewardPath, WorldModel, make_data
 
 PROMPT = "world sample"  # the worlds are unconditional; the trainer still draws a prompt per sample
