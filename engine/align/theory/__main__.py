@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     table.to_csv(out / "rows.csv", index=False)
     wide = table.pivot(index="step", columns="method", values="mean_error_std")[list(args.methods)]
     print("mean error in units of the target's std, by optimiser step:")
-    print(wide.round(3).to_string())
+    print(wide.to_string(float_format=lambda v: f"{v:.3g}"))  # runaway methods reach 1e24: 3 significant digits
     fig = figure(table, world)
     if setup.dim == 2:
         import plotly.graph_objects as go
