@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import compare, finetune, generate, mesh, sessions, viewer
+from . import compare, finetune, generate, mesh, sessions, theory, viewer
 
 TITLE = "R2D3 Studio"
 INTRO = (
@@ -148,5 +148,7 @@ def build_demo() -> gr.Blocks:
             finetune.build_tab()
         with gr.Tab("Compare"):
             compare.build_tab()
+        with gr.Tab("Theory"):
+            theory.build_tab()
         demo.unload(sessions.end_session)
     return demo
