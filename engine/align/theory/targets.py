@@ -44,18 +44,6 @@ def resample_tilt(pool: Tensor, reward: SampleReward, beta: float, n: int, seed:
     return Target(pool.double()[idx], False, float(1.0 / (w**2).sum()))
 
 
-def log_density_grid(data: Mixture, reward: SampleReward, beta: float, lim: float = 3.5, res: int = 80):
-    """(xs, ys, log p, log p*) on a res x res grid of the first two dimensions (2-D worlds), p* normalised on it."""
-    xs = torch.linspace(-lim, lim, res, dtype=torch.float64)
-    X, Y = torch.meshgrid(xs, xs, indexing="xy")
-    pts = torch.stack([X.flatten(), Y.flatten()], 1)
-    logp = data.log_prob(pts)
-    logt = logp + beta * reward(pts).double()
-    cell = (2 * lim / (res - 1)) ** 2
-    logt = logt - torch.logsumexp(logt, 0) - math.log(cell)
-    return xs, xs, logp.view(res, res), logt.view(res, res)
-
-
 # ------------------------------------------------------------------------------ the sampler's own chain
 class GaussianChain:
     """First-order SDE-DPM-Solver++ on Gaussian data N(μ, Σ) with the exact denoiser, in float64.
