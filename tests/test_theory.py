@@ -26,20 +26,21 @@ from engine.align.theory.__main__ import main
 from engine.align.theory.targets import gaussian_error
 
 
-@pytest.fixture(scope="module")
-def gaussian():
-    return World(TheorySetup(), pool=20_000)
+@pytest.fixture(scope="module", params=[10, 20], ids=lambda n: f"{n}steps")
+def gaussian(request):
+    return World(TheorySetup(sampler_steps=request.param), pool=20_000)
 
 
 def test_sampler_chain_closed_form_matches_sampling(gaussian):
-    """The affine chain's output is what the base model's sampler produces: same mean, ~53% of the data's
-    variance at 10 steps (first-order SDE-DPM-Solver++ under-disperses, THEORY.md §2)."""
+    """The affine chain's output is what the base model's sampler produces: same mean, 53% of the data's
+    variance at 10 steps, 69% at 20 (first-order SDE-DPM-Solver++ under-disperses, THEORY.md §2)."""
     m, C = gaussian.chain.output()
     x = gaussian.base_pool
     assert gaussian_error(x.mean(0), m, C) < 0.03
     assert torch.allclose(torch.cov(x.T), C, rtol=0.05, atol=0.01)
     fraction = float(C.trace() / gaussian.data.covs[0].trace())
-    assert 0.45 < fraction < 0.6
+    low, high = {10: (0.45, 0.6), 20: (0.62, 0.76)}[gaussian.setup.sampler_steps]
+    assert low < fraction < high
     assert torch.allclose(m, gaussian.data.means[0], atol=1e-4)  # the mean is exact (to the schedule's last σ)
 
 
