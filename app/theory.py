@@ -41,7 +41,7 @@ from plotly.subplots import make_subplots
 
 from engine.align.methods import METHODS
 from engine.align.theory import REWARDS, WORLDS, TheoryRun, TheorySetup, World
-from engine.align.theory.targets import gaussian_error
+from engine.align.theory.targets import distances
 
 from .curves import PALETTE
 from .finetune import METHOD_TITLES
@@ -76,16 +76,13 @@ TARGET_LINE = {"color": "#212529", "width": 1.6}
 @dataclass
 class Scene:
     """A world built once per (world, reward, β): the World, the picture's window, p_ref's and p*'s contour
-    lines, and what the distances need of p*."""
+    lines."""
 
     setup: TheorySetup
     world: World
     window: tuple[float, float, float, float]  # x0, x1, y0, y1 (a square)
     base_lines: tuple[np.ndarray, np.ndarray]  # x, y of every contour level, NaN between lines
     target_lines: tuple[np.ndarray, np.ndarray]
-    target_mean: torch.Tensor
-    target_cov: torch.Tensor
-    target_reward: float
     seconds: float  # to build
 
     def inside(self, xy: np.ndarray) -> np.ndarray:
@@ -142,9 +139,7 @@ def scene(world: str, reward: str, beta: float) -> Scene:
         window = _window(w.base_pool, target)
         base_lines = _contour_lines(w.base_pool, window)
         target_lines = _contour_lines(target, window)
-        mean, cov = target.mean(0), torch.cov(target.T)
-        target_reward = float(w.reward(target).mean())
-    return Scene(setup, w, window, base_lines, target_lines, mean, cov, target_reward, time.perf_counter() - t0)
+    return Scene(setup, w, window, base_lines, target_lines, time.perf_counter() - t0)
 
 
 @contextlib.contextmanager
@@ -206,9 +201,10 @@ class Lane:
             self.note = f"diverged at step {self.step}: samples {bad} ({why})"
             return
         self.steps.append(self.step)
-        self.errors.append(gaussian_error(x.mean(0), sc.target_mean, sc.target_cov))
-        self.var_ratios.append(float(torch.cov(x.T).trace() / sc.target_cov.trace()))
-        self.reward_gaps.append(float(sc.world.reward(x).mean()) - sc.target_reward)
+        d = distances(x, sc.world.target.samples, sc.world.reward, sliced=False)
+        self.errors.append(d["mean_error_std"])
+        self.var_ratios.append(d["var_ratio"])
+        self.reward_gaps.append(d["reward_gap"])
         self.cloud = x[:CLOUD_POINTS, :2].float().numpy()
         if self.run.done:
             self.state = "done"
