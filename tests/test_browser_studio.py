@@ -8,6 +8,7 @@ With ``R2D3_SCREENSHOTS=assets/screenshots`` set, each tab is also saved there a
 plain test runs, so CI does not rewrite the files).
 """
 
+import contextlib
 import io
 import os
 import re
@@ -33,22 +34,30 @@ state = {}  # what one test leaves for the next: the new run's label
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     from app import catalogue
-    from tests.test_app import _serve
 
     root = tmp_path_factory.mktemp("browser_studio")
     catalogue.set_runs_dir(root / "runs")
     try:
-        with _serve() as client, sync_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1000})
-                page.set_default_timeout(60_000)
-                page.goto(client.src)
-                yield page
-            finally:
-                browser.close()
+        with studio_page() as page:
+            yield page
     finally:
         catalogue.set_runs_dir(root / "unused")
+
+
+@contextlib.contextmanager
+def studio_page():
+    """A served studio open in headless Chromium (1400 x 1000), closed at the end."""
+    from tests.test_app import _serve
+
+    with _serve() as client, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(client.src)
+            yield page
+        finally:
+            browser.close()
 
 
 def _panel(page):

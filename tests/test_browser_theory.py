@@ -12,14 +12,20 @@ import time
 
 import pytest
 
-from tests.test_browser_mesh import CHROMIUM, CHROMIUM_ARGS
+from tests.test_browser_mesh import CHROMIUM
 
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing (pip install playwright)")
 pytest.importorskip("gradio")
 
-from tests.test_browser_studio import LONG, _open, _set_number, _shot  # after the skips
+from tests.test_browser_studio import (  # after the skips
+    LONG,
+    _open,
+    _set_number,
+    _shot,
+    studio_page,
+)
 
 # one method: its cloud panel is plotly's subplot xy (the distance curve below is x2y2)
 CLOUD_POINTS = "#theory-plot .js-plotly-plot .subplot.xy .scatterlayer .trace .points path"
@@ -34,17 +40,8 @@ CURVE_POINTS = """() => {
 
 @pytest.fixture(scope="module")
 def page():
-    from tests.test_app import _serve
-
-    with _serve() as client, sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(client.src)
-            yield page
-        finally:
-            browser.close()
+    with studio_page() as page:
+        yield page
 
 
 def test_theory_tab_streams_the_cloud_and_the_distance_curve_then_stops(page):
