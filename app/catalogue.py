@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from engine.align import lora
 from engine.generate import load_model
+from engine.models import lora
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_RUNS = ROOT / "checkpoints" / "runs"

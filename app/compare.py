@@ -19,10 +19,17 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from engine.cameras import evaluation_views
-from engine.generate import generate, prompt_notice, validate_prompt, write_asset
+from engine.core.cameras import evaluation_views
+from engine.generate import generate, write_asset
+from engine.prompts import prompt_notice, validate_prompt
 from engine.render import render
-from engine.rewards import OFFLINE, build_reward, list_rewards, parse_ensemble, score_assets
+from engine.rewards import (
+    OFFLINE,
+    build_reward,
+    list_rewards,
+    parse_ensemble,
+    score_assets,
+)
 
 from .catalogue import BASE, Entry, catalogue, pool
 from .curves import X_AXES, draw_curves, read_metrics, read_run_config, reward_figure

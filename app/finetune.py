@@ -29,8 +29,9 @@ import plotly.graph_objects as go
 
 from engine.align.config import RunConfig
 from engine.align.methods import METHODS
-from engine.align.trainer import TRAIN_PROMPTS, Trainer, read_prompts
-from engine.generate import load_model, validate_prompt
+from engine.align.trainer import Trainer
+from engine.generate import load_model
+from engine.prompts import TRAIN_PROMPTS, read_prompts, validate_prompt
 from engine.rewards import list_rewards
 
 from .catalogue import catalogue, zip_adapter
@@ -577,7 +578,7 @@ def build_tab() -> None:
             samples = gr.Image(label="Fixed prompts, seeds 0-3: before (left) vs now (right), RGB over normals",
                                type="filepath", height=SAMPLES_HEIGHT)
             table = gr.Dataframe(label="Metrics per step", interactive=False, wrap=False, max_height=300)
-            zipped = gr.File(label="Adapter (.zip): upload it elsewhere, or load with engine.align.lora")
+            zipped = gr.File(label="Adapter (.zip): upload it elsewhere, or load with engine.models.lora")
     inputs = [method, reward, steps, prompt_source, prompts, seed, lr, batch_size, sampler_steps, render_resolution,
               sample_every, *knob_inputs]
     method.change(on_method_change, [method, batch_size], [*groups, batch_size], queue=False, api_visibility="private")

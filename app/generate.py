@@ -9,8 +9,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from engine.generate import generate, load_model, prompt_notice, validate_prompt, write_asset
+from engine.generate import generate, load_model, write_asset
 from engine.models.tiny import DEFAULT_CHECKPOINT
+from engine.prompts import prompt_notice, validate_prompt
 
 from .catalogue import BASE, catalogue, pool, set_device, zip_adapter
 from .sessions import session_dir

@@ -12,10 +12,10 @@ import gradio as gr
 import imageio.v3 as iio
 import torch
 
-from engine.cameras import orbit_cameras
+from engine.core.cameras import orbit_cameras
+from engine.core.gaussians import Gaussians
 from engine.examples import mushroom
 from engine.export import load_splat_file, save_splat_file
-from engine.gaussians import Gaussians
 from engine.preview import turntable_frames, view_strips, write_video
 from engine.render import render
 

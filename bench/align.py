@@ -162,7 +162,7 @@ def _model_flops(model, x, t, cond, uncond, guidance) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from engine.sampling import guided_eps
+    from engine.core.sampling import guided_eps
 
     def attention(q, k, v, *args, **kwargs):  # QKᵀ and PV (the CPU flash kernel has no formula of its own)
         return 4 * q[0] * q[1] * q[2] * k[2] * q[3]
@@ -183,8 +183,9 @@ def _model_flops(model, x, t, cond, uncond, guidance) -> int:
 
 def measure_sampling(batches: list[int], steps: int, repeats: int) -> dict:
     import torch
+
+    from engine.core.sampling import sample
     from engine.generate import load_model
-    from engine.sampling import sample
 
     model = load_model("tiny")
     prompts = ["a red chair", "a blue car with yellow wheels", "a green mushroom with a white stem", "a yellow lamp",
@@ -210,10 +211,11 @@ def measure_sampling(batches: list[int], steps: int, repeats: int) -> dict:
 
 def measure_eval(prompt_count: int, steps: int, seeds: int) -> dict:
     import torch
-    from engine.align import lora
+
     from engine.align.evaluate import EvalSettings, RunEvaluator
-    from engine.align.trainer import EVAL_PROMPTS, read_prompts
     from engine.generate import load_model
+    from engine.models import lora
+    from engine.prompts import EVAL_PROMPTS, read_prompts
 
     model = load_model("tiny")
     torch.manual_seed(0)
@@ -231,6 +233,7 @@ def measure_eval(prompt_count: int, steps: int, seeds: int) -> dict:
 def measure_metrics(method: str, steps: int, overrides: list[str]) -> dict:
     """Every training metric of ``steps`` optimiser steps from seed 0, and the adapter's final weights' norm."""
     import torch
+
     from engine.align import RunConfig, Trainer
 
     cfg = RunConfig(method=method, steps=steps, sample_every=0, checkpoint_every=0).apply_overrides(overrides)

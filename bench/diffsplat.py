@@ -56,7 +56,11 @@ def _sync(device: torch.device) -> None:
 
 
 def tiny_rows(steps: int) -> None:
-    from tests.diffsplat_fixtures import make_pas_release, make_sd15_release, make_text_encoder
+    from tests.diffsplat_fixtures import (
+        make_pas_release,
+        make_sd15_release,
+        make_text_encoder,
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -77,7 +81,7 @@ def tiny_rows(steps: int) -> None:
 def full_rows(steps: int, device: torch.device, dtype: str) -> None:
     from diffusers import AutoencoderKL, PixArtTransformer2DModel
 
-    from engine.cameras import canonical_views
+    from engine.core.cameras import canonical_views
     from engine.render import RenderSettings, render
 
     torch.manual_seed(0)

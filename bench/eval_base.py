@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from engine.cameras import evaluation_views  # noqa: E402
+from engine.core.cameras import evaluation_views  # noqa: E402
 from engine.data.primitives import Scene  # noqa: E402
 from engine.data.raycast import raycast_views, splatter_maps  # noqa: E402
 from engine.data.world import HELD_OUT, ObjectSpec, build, parse  # noqa: E402

@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from engine.cameras import canonical_views  # noqa: E402
+from engine.core.cameras import canonical_views  # noqa: E402
 from engine.data.primitives import Scene  # noqa: E402
 from engine.data.raycast import psnr, raycast_views, splatter_maps  # noqa: E402
 from engine.data.world import CATEGORY_NAMES, COLOR_NAMES, ObjectSpec, build  # noqa: E402

@@ -31,12 +31,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from engine.cameras import Cameras, canonical_views  # noqa: E402
+from engine.core.cameras import Cameras, canonical_views  # noqa: E402
+from engine.core.gaussians import Gaussians  # noqa: E402
 from engine.data.primitives import Scene, intersect  # noqa: E402
 from engine.data.raycast import camera_rays, splatter_maps  # noqa: E402
 from engine.data.world import ObjectSpec, build, parse  # noqa: E402
 from engine.examples import mushroom  # noqa: E402
-from engine.gaussians import Gaussians  # noqa: E402
 from engine.generate import generate, load_model, visible  # noqa: E402
 from engine.mesh import MeshSettings, mesh_cameras, splat_to_mesh  # noqa: E402
 from engine.render import render  # noqa: E402

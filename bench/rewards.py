@@ -29,14 +29,30 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from engine.cameras import canonical_views  # noqa: E402
+from engine.core.cameras import canonical_views  # noqa: E402
+from engine.core.gaussians import Gaussians  # noqa: E402
 from engine.data.primitives import Scene  # noqa: E402
 from engine.data.raycast import raycast_views, splatter_maps  # noqa: E402
-from engine.data.world import CATEGORY_NAMES, COLOR_NAMES, HELD_OUT, ObjectSpec, build, caption  # noqa: E402
-from engine.gaussians import Gaussians  # noqa: E402
+from engine.data.world import (  # noqa: E402
+    CATEGORY_NAMES,
+    COLOR_NAMES,
+    HELD_OUT,
+    ObjectSpec,
+    build,
+    caption,
+)
 from engine.render import RenderOutput, render  # noqa: E402
-from engine.rewards import (AestheticReward, AlignmentReward, ClipScoreReward, ColorfulnessReward, GeometryReward,  # noqa: E402
-                            HPSv2Reward, RewardInputs, flatten_renders, score_assets)
+from engine.rewards import (  # noqa: E402
+    AestheticReward,
+    AlignmentReward,
+    ClipScoreReward,
+    ColorfulnessReward,
+    GeometryReward,
+    HPSv2Reward,
+    RewardInputs,
+    flatten_renders,
+    score_assets,
+)
 from engine.rewards.preference import AestheticHead  # noqa: E402
 from engine.splatter import decode_splatter  # noqa: E402
 

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from engine.cameras import orbit_cameras
-from engine.gaussians import Gaussians, quats_from_normals
+from engine.core.cameras import orbit_cameras
+from engine.core.gaussians import Gaussians, quats_from_normals
 
 
 def bench_cameras(views: int = 4):

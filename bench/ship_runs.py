@@ -26,7 +26,6 @@ import shutil
 import uuid
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_TO = ROOT / "checkpoints" / "runs"
 RUN_CSVS = ("config.json", "metrics.csv", "eval.csv")

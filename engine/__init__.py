@@ -1,7 +1,13 @@
 """R2D3 Studio engine: reward alignment of 3D-native diffusion models with 2D rewards."""
 
-from .cameras import Cameras, canonical_views, orbit_cameras, random_views, turntable
-from .gaussians import Gaussians
+from .core.cameras import (
+    Cameras,
+    canonical_views,
+    orbit_cameras,
+    random_views,
+    turntable,
+)
+from .core.gaussians import Gaussians
 from .render import RenderOutput, RenderSettings, render
 from .splatter import SplatterDecoding, decode_splatter
 

@@ -16,8 +16,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
-from .data.world import CATEGORY_NAMES, COLOR_NAMES, ObjectSpec, _BY_NAME, caption
-from .text import EMBED_DIM, default_text_encoder
+from .core.text import EMBED_DIM, default_text_encoder
+from .data.world import _BY_NAME, CATEGORY_NAMES, COLOR_NAMES, ObjectSpec, caption
 
 DEFAULT_EVALUATOR = Path(__file__).resolve().parents[1] / "checkpoints" / "tiny-base" / "evaluator"
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .gaussians import Gaussians, quats_from_normals
+from .core.gaussians import Gaussians, quats_from_normals
 
 
 def _surfels(points, normals, colors, spacing: float, opacity: float) -> Gaussians:

@@ -14,8 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .gaussians import (
-    Gaussians, log_to_scale, logit_to_opacity, opacity_to_logit, rgb_to_sh_dc, scale_to_log, sh_dc_to_rgb,
+from .core.gaussians import (
+    Gaussians,
+    log_to_scale,
+    logit_to_opacity,
+    opacity_to_logit,
+    rgb_to_sh_dc,
+    scale_to_log,
+    sh_dc_to_rgb,
 )
 
 FORMATS = {".ply": "ply", ".splat": "splat"}

@@ -18,39 +18,16 @@ from pathlib import Path
 import imageio.v3 as iio
 import torch
 
-from .cameras import canonical_views
-from .data.world import parse
+from .core.cameras import canonical_views
+from .core.gaussians import Gaussians
+from .core.sampling import SCHEDULER_KINDS, Trajectory, sample
 from .export import save_splat_file
-from .gaussians import Gaussians
 from .preview import turntable_frames, view_strips, write_video
+from .prompts import prompt_notice, validate_prompt
 from .render import render
 from .render.projection import ALPHA_MIN
-from .sampling import SCHEDULER_KINDS, Trajectory, sample
 
-MAX_PROMPT_CHARS = 300
 MODELS = ("tiny", "diffsplat-pas", "diffsplat-sd15")
-
-
-def validate_prompt(prompt) -> str:
-    """The cleaned prompt, or ValueError with a message a person can act on."""
-    if not isinstance(prompt, str):
-        raise ValueError(f"The prompt must be text, got {type(prompt).__name__}.")
-    text = " ".join(prompt.split())
-    if not text:
-        raise ValueError("The prompt is empty: describe an object, e.g. \"a red chair\".")
-    if len(text) > MAX_PROMPT_CHARS:
-        raise ValueError(f"The prompt is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}.")
-    if not any(ch.isalpha() for ch in text):
-        raise ValueError("The prompt has no words in it: describe an object, e.g. \"a red chair\".")
-    return text
-
-
-def prompt_notice(prompt: str) -> str | None:
-    """A hint when a prompt falls outside what the embedded model was trained on (it still runs)."""
-    if parse(prompt) is None:
-        return ("The embedded model knows 24 object kinds in 12 colours (e.g. \"a blue car\", \"a red mushroom with "
-                "a white stem\"); this prompt names no known object and colour, so expect a guess.")
-    return None
 
 
 @dataclass
@@ -173,7 +150,7 @@ def main(argv=None) -> None:
         model = load_model(args.model, args.weights, text_encoder=args.text_encoder, prompt_cache=args.prompt_cache,
                            dtype=args.dtype, device=args.device)
         if args.lora:
-            from .align.lora import load_adapter
+            from .models.lora import load_adapter
 
             load_adapter(model, args.lora)
     except (FileNotFoundError, ValueError) as err:

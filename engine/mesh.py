@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import DIFFSPLAT_FOCAL, Cameras, orbit_c2w
+from .core.cameras import DIFFSPLAT_FOCAL, Cameras, orbit_c2w
+from .core.gaussians import Gaussians
 from .export import _atomic_write
-from .gaussians import Gaussians
 from .render import render
 from .render.projection import ALPHA_MIN
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .cameras import Cameras
+from .core.cameras import Cameras
 
 
 def _pixel_rays(Ks: Tensor, H: int, W: int) -> Tensor:

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import DIFFSPLAT_ELEVATION, DIFFSPLAT_RADIUS, turntable
-from .gaussians import Gaussians
+from .core.cameras import DIFFSPLAT_ELEVATION, DIFFSPLAT_RADIUS, turntable
+from .core.gaussians import Gaussians
 from .render import RenderOutput, RenderSettings, render
 
 

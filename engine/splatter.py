@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .cameras import Cameras
-from .gaussians import Gaussians
+from .core.cameras import Cameras
+from .core.gaussians import Gaussians
 
 SPLATTER_CHANNELS = 12
 CHANNEL_SLICES = {

@@ -29,13 +29,13 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from .core.sampling import make_scheduler
+from .core.text import default_text_encoder
 from .data.dataset import atomic_save, build_chunks, load_chunks, load_specs
 from .data.world import ObjectSpec, caption
 from .evaluator import Evaluator, evaluator_captions, train_evaluator_step
 from .models.splatter_ae import SplatterAutoencoder
 from .models.tiny import Condition, TinySplatModel, tiny_transformer
-from .sampling import make_scheduler
-from .text import default_text_encoder
 
 STAGES = ("data", "autoencoder", "latents", "diffusion", "evaluator", "export")
 

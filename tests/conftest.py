@@ -12,7 +12,7 @@ def _seed():
 
 
 def random_gaussians(n: int, dtype=torch.float64, seed: int = 0, batch: int | None = None):
-    from engine.gaussians import Gaussians
+    from engine.core.gaussians import Gaussians
 
     g = torch.Generator().manual_seed(seed)
     shape = (batch, n) if batch else (n,)

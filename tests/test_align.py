@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from engine.align import METHODS, RunConfig, Trainer, TrainingError
-from engine.align import lora
 from engine.align.__main__ import main as align_main
-from engine.align.rollout import Transitions, stratified_steps, seeded
+from engine.align.rollout import Transitions, seeded, stratified_steps
+from engine.models import lora
 from engine.models.splatter_ae import SplatterAutoencoder
 from engine.models.tiny import TinySplatModel, tiny_transformer
 from engine.rewards import Reward
@@ -307,8 +307,8 @@ def test_two_gloo_processes_equal_one_with_the_same_global_batch(tmp_path, weigh
 
 @pytest.mark.parametrize("method", ["nabla-r2d3", "grpo"])
 def test_diffsplat_trains_through_the_same_trainer_with_a_bf16_denoiser(tmp_path, method):
-    from tests.diffsplat_fixtures import make_pas_release, make_text_encoder
     from engine.generate import load_model
+    from tests.diffsplat_fixtures import make_pas_release, make_text_encoder
 
     make_pas_release(tmp_path / "release")
     make_text_encoder(tmp_path / "t5", "t5")

@@ -7,10 +7,16 @@ import pandas as pd
 import pytest
 import torch
 
-from engine.align import lora
 from engine.align.config import RunConfig
-from engine.align.evaluate import FIXED_METRICS, EvalSettings, RunEvaluator, evaluate_runs, main
+from engine.align.evaluate import (
+    FIXED_METRICS,
+    EvalSettings,
+    RunEvaluator,
+    evaluate_runs,
+    main,
+)
 from engine.metrics import diversity
+from engine.models import lora
 from engine.models.splatter_ae import SplatterAutoencoder
 from engine.models.tiny import TinySplatModel, tiny_transformer
 

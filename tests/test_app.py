@@ -59,10 +59,9 @@ def test_render_example_returns_previews_and_downloads(client):
 
 
 def test_viewer_copy_is_a_half_turn_about_x_not_a_mirror():
-    from engine.examples import mushroom
-    from engine.gaussians import quat_to_rotmat
-
     from app.viewer import upright_for_viewer
+    from engine.core.gaussians import quat_to_rotmat
+    from engine.examples import mushroom
 
     g = mushroom()
     turned = upright_for_viewer(g)
@@ -137,8 +136,8 @@ def test_mesh_step_explains_a_splat_without_a_surface(client, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
+    from engine.core.gaussians import Gaussians
     from engine.export import save_splat_file
-    from engine.gaussians import Gaussians
     from tests.test_mesh import surfel_sphere
 
     g = surfel_sphere(300)

@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from engine.cameras import Cameras, canonical_views, fov_degrees, orbit_cameras, random_views, turntable
+from engine.core.cameras import (
+    Cameras,
+    canonical_views,
+    fov_degrees,
+    orbit_cameras,
+    random_views,
+    turntable,
+)
 from engine.splatter import decode_splatter
 
 

@@ -9,11 +9,22 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.diffsplat_fixtures import make_pas_release, make_sd15_release, make_text_encoder
-from engine.cameras import DIFFSPLAT_FOCAL, canonical_views, diffsplat_plucker, orbit_cameras, plucker_rays
-from engine.generate import generate, load_model, main as generate_cli, write_asset
+from engine.core.cameras import (
+    DIFFSPLAT_FOCAL,
+    canonical_views,
+    diffsplat_plucker,
+    orbit_cameras,
+    plucker_rays,
+)
+from engine.core.sampling import BETAS, SD15_BETAS
+from engine.generate import generate, load_model, write_asset
+from engine.generate import main as generate_cli
 from engine.models.diffsplat import PromptCache, cache_prompts, locate_release
-from engine.sampling import BETAS, SD15_BETAS
+from tests.diffsplat_fixtures import (
+    make_pas_release,
+    make_sd15_release,
+    make_text_encoder,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,15 @@ import pytest
 import torch
 from plyfile import PlyData, PlyElement
 
+from engine.core.gaussians import SH_C0
 from engine.examples import mushroom
-from engine.export import load_ply, load_splat, load_splat_file, save_splat_file, splat_bytes
-from engine.gaussians import SH_C0
+from engine.export import (
+    load_ply,
+    load_splat,
+    load_splat_file,
+    save_splat_file,
+    splat_bytes,
+)
 from engine.preview import strip, turntable_frames, write_video
 from tests.conftest import random_gaussians
 

@@ -5,11 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.align import METHODS, lora
+from engine.align import METHODS
+from engine.core.sampling import sample
+from engine.models import lora
 from engine.models.gelu import gelu_tanh, native_gelu_available
 from engine.models.splatter_ae import SplatterAutoencoder
 from engine.models.tiny import TinySplatModel, tiny_transformer
-from engine.sampling import sample
 from tests.test_align import trainer
 
 pytestmark = pytest.mark.usefixtures("_one_thread")

@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from engine.generate import generate, load_model, main, prompt_notice, validate_prompt
+from engine.generate import generate, load_model, main
+from engine.prompts import prompt_notice, validate_prompt
 
 
 @pytest.fixture(scope="module")

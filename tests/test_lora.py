@@ -1,4 +1,4 @@
-"""LoRA adapters (engine/align/lora.py): training surface, switching, saving and loading in peft's format,
+"""LoRA adapters (engine/models/lora.py): training surface, switching, saving and loading in peft's format,
 and the refusals that protect a user from a wrong, unsafe or broken adapter."""
 
 import json
@@ -10,12 +10,26 @@ from diffusers import PixArtTransformer2DModel
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 
-from engine.align.lora import (
-    DEFAULT_TARGETS, active_adapter, adapter_names, adapter_state, adapters_disabled, add_lora, base_fingerprint, denoiser_of,
-    load_adapter, load_adapter_state, lora_parameters, read_adapter_info, remove_adapter, save_adapter, use_adapter,
-)
-from engine.generate import load_model, main as generate_cli
+from engine.generate import load_model
+from engine.generate import main as generate_cli
 from engine.models.base import Condition
+from engine.models.lora import (
+    DEFAULT_TARGETS,
+    active_adapter,
+    adapter_names,
+    adapter_state,
+    adapters_disabled,
+    add_lora,
+    base_fingerprint,
+    denoiser_of,
+    load_adapter,
+    load_adapter_state,
+    lora_parameters,
+    read_adapter_info,
+    remove_adapter,
+    save_adapter,
+    use_adapter,
+)
 from engine.models.multiview import set_multiview_attention
 from engine.models.splatter_ae import SplatterAutoencoder
 from engine.models.tiny import DEFAULT_CHECKPOINT, TinySplatModel, tiny_transformer

@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("skimage")
 trimesh = pytest.importorskip("trimesh")
 
-from engine.gaussians import Gaussians, quats_from_normals  # noqa: E402
+from engine.core.gaussians import Gaussians, quats_from_normals  # noqa: E402
 from engine.mesh import MeshSettings, main, save_mesh, splat_to_mesh  # noqa: E402
 
 FAST = MeshSettings(resolution=48, views=16)

@@ -2,10 +2,10 @@
 
 import torch
 
-from engine.cameras import canonical_views
+from engine.core.cameras import canonical_views
+from engine.core.gaussians import Gaussians
 from engine.data.primitives import ELLIPSOID, Primitive, Scene
 from engine.data.raycast import splatter_maps
-from engine.gaussians import Gaussians
 from engine.metrics import depth_normal_consistency, kid
 from engine.render import render
 from engine.splatter import decode_splatter

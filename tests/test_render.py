@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from engine.cameras import canonical_views, orbit_cameras
-from engine.gaussians import Gaussians
+from engine.core.cameras import canonical_views, orbit_cameras
+from engine.core.gaussians import Gaussians
 from engine.render import RenderSettings, render
 from engine.render.native import composite_native, native_available
 from engine.render.projection import Projected, bin_tiles, project
@@ -126,7 +126,10 @@ def test_batch_of_assets_with_per_asset_cameras_equals_separate_renders():
 
 
 def test_projection_matches_gsplat_reference_implementation():
-    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
+    from gsplat.cuda._torch_impl import (
+        _fully_fused_projection,
+        _quat_scale_to_covar_preci,
+    )
 
     g = random_gaussians(50)
     cams = canonical_views()

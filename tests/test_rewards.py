@@ -11,15 +11,30 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from engine.cameras import canonical_views
+from engine.core.cameras import canonical_views
+from engine.core.gaussians import Gaussians
 from engine.data.primitives import Scene
 from engine.data.raycast import raycast_views, splatter_maps
 from engine.data.world import HELD_OUT, ObjectSpec, build, caption
-from engine.gaussians import Gaussians
 from engine.render import RenderOutput, render
-from engine.rewards import (REWARDS, AestheticReward, AlignmentReward, ClipScoreReward, ColorfulnessReward, Ensemble,
-                            GeometryReward, HPSv2Reward, MissingWeights, Reward, RewardInputs, build_ensemble, build_reward,
-                            list_rewards, parse_ensemble, score_assets)
+from engine.rewards import (
+    REWARDS,
+    AestheticReward,
+    AlignmentReward,
+    ClipScoreReward,
+    ColorfulnessReward,
+    Ensemble,
+    GeometryReward,
+    HPSv2Reward,
+    MissingWeights,
+    Reward,
+    RewardInputs,
+    build_ensemble,
+    build_reward,
+    list_rewards,
+    parse_ensemble,
+    score_assets,
+)
 from engine.rewards.__main__ import main as rewards_cli
 from engine.rewards.openclip import load_clip, model_source, preprocess
 from engine.rewards.preference import AestheticHead

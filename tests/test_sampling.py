@@ -3,9 +3,14 @@
 import pytest
 import torch
 
+from engine.core.sampling import (
+    _ddim_transition,
+    _dpm_transition,
+    make_scheduler,
+    sample,
+)
 from engine.models.splatter_ae import SplatterAutoencoder
 from engine.models.tiny import Condition, TinySplatModel, tiny_transformer
-from engine.sampling import _ddim_transition, _dpm_transition, make_scheduler, sample
 
 # research/nabla-r2d3.md §1.2: the 20 timesteps of the reference sampler.
 NABLA_TIMESTEPS = [999, 949, 899, 849, 799, 749, 699, 649, 599, 549, 500, 450, 400, 350, 300, 250, 200, 150, 100, 50]
@@ -90,7 +95,7 @@ def test_trajectory_records_every_transition(model, kind):
 
 
 def test_guidance_combines_conditional_and_null_predictions(model):
-    from engine.sampling import guided_eps
+    from engine.core.sampling import guided_eps
 
     x = torch.randn(1, *model.latent_shape)
     t = torch.tensor(500)

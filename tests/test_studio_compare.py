@@ -28,8 +28,8 @@ def _train(out, reward: str, eval_prompts, *, evaluate: bool):
 
 def _random_adapter(folder):
     """A LoRA with visible random weights (so its asset differs from the base's)."""
-    from engine.align import lora
     from engine.generate import load_model
+    from engine.models import lora
 
     torch.manual_seed(1)
     model = load_model("tiny")
@@ -77,7 +77,7 @@ def test_compare_base_and_runs_side_by_side(studio):
     import imageio.v3 as iio
 
     from app.catalogue import pool
-    from engine.align import lora
+    from engine.models import lora
 
     models = ["base", "run: colour", "run: geo"]
     t0 = time.perf_counter()

@@ -34,8 +34,8 @@ def _rows(table) -> list[dict]:
 def test_two_step_finetune_streams_rows_and_saves_a_loadable_adapter(studio):
     from app import finetune, generate
     from app.catalogue import catalogue
-    from engine.align import lora
     from engine.generate import load_model
+    from engine.models import lora
 
     t0 = time.perf_counter()
     job = studio.client.submit(method="nabla-r2d3", steps=2, sample_every=1, nabla_beta=1000, api_name="/finetune", **TINY)

@@ -13,8 +13,8 @@ pytest.importorskip("gradio")
 
 def _save_random_adapter(folder, *, scale=0.05, base_noise=0.0, seed=0, rank=8):
     """A LoRA with visible random weights on the shipped tiny base (or on a perturbed copy of it)."""
-    from engine.align import lora
     from engine.generate import load_model
+    from engine.models import lora
 
     torch.manual_seed(seed)
     model = load_model("tiny")

@@ -10,11 +10,11 @@ from safetensors.torch import load_file
 
 import engine.train_base as tb
 from bench import eval_base
+from engine.core.gaussians import quats_from_rotmat
+from engine.core.sampling import sample
+from engine.core.text import default_text_encoder
 from engine.evaluator import load_evaluator
-from engine.gaussians import quats_from_rotmat
 from engine.models.tiny import TinySplatModel
-from engine.sampling import sample
-from engine.text import default_text_encoder
 
 TINY = dict(num_objects=6, evaluator_images=6, ae_steps=4, ae_batch_views=4, diffusion_steps=4, diffusion_batch=2,
             evaluator_steps=2, evaluator_batch=4, checkpoint_every=2, transformer_layers=1, warmup_steps=2,

@@ -5,10 +5,19 @@ import random
 import pytest
 import torch
 
-from engine.cameras import canonical_views
+from engine.core.cameras import canonical_views
 from engine.data.primitives import BOX, ELLIPSOID, FRUSTUM, Primitive, Scene, intersect
 from engine.data.raycast import psnr, raycast_views, splatter_maps
-from engine.data.world import CATEGORIES, COLOR_NAMES, HELD_OUT, ObjectSpec, build, caption, parse, sample_spec
+from engine.data.world import (
+    CATEGORIES,
+    COLOR_NAMES,
+    HELD_OUT,
+    ObjectSpec,
+    build,
+    caption,
+    parse,
+    sample_spec,
+)
 from engine.render import RenderSettings, render
 from engine.splatter import decode_splatter
 
@@ -103,7 +112,7 @@ def test_splatter_ground_truth_decodes_onto_the_surface():
     assert visible.float().mean() > 0.1
     assert torch.allclose(g.means[0][visible].norm(dim=-1), torch.full((int(visible.sum()),), r), atol=1e-4)
     # Surfels lie flat: their thinnest axis is the surface normal (radial for a sphere).
-    from engine.gaussians import quat_to_rotmat
+    from engine.core.gaussians import quat_to_rotmat
 
     axis = quat_to_rotmat(g.quats[0][visible])[..., :, 2]
     radial = torch.nn.functional.normalize(g.means[0][visible], dim=-1)

@@ -5,7 +5,7 @@
     for metrics in trainer.run():          # one dict per optimiser step; trainer.request_stop() ends it
         print(metrics["step"], metrics["reward_mean"])
 
-``python -m engine.align --help`` is the command line; ``engine.align.lora`` holds the adapters and
+``python -m engine.align --help`` is the command line; ``engine.models.lora`` holds the adapters and
 ``engine.align.evaluate`` the evaluation of runs.
 """
 

@@ -43,16 +43,16 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.nn.functional import normalize
 
-from ..cameras import evaluation_views
+from ..core.cameras import evaluation_views
 from ..data.world import parse
 from ..evaluator import DEFAULT_EVALUATOR, load_evaluator
-from ..generate import generate, load_model, validate_prompt
+from ..generate import generate, load_model
 from ..metrics import diversity, kid
+from ..models import lora
+from ..prompts import EVAL_PROMPTS, read_prompts, validate_prompt
 from ..render import render
 from ..rewards import REWARDS, build_reward, list_rewards, score_assets
-from . import lora
 from .config import RunConfig
-from .trainer import EVAL_PROMPTS, read_prompts
 
 DEFAULT_REWARDS = ("geometry", "alignment", "colorfulness")
 FIXED_METRICS = ("alignment", "category_acc", "color_acc", "kid_vs_base", "diversity", "dnc", "seconds_per_asset", "assets")
@@ -111,7 +111,7 @@ class _Scores:
 class RunEvaluator:
     """Evaluates a model on fixed held-out prompts and seeds, against its base sampled once at construction.
 
-    ``model`` may carry LoRA adapters (engine.align.lora): the base is sampled with them disabled;
+    ``model`` may carry LoRA adapters (engine.models.lora): the base is sampled with them disabled;
     ``evaluate()`` scores the model as it is at the call (its active adapter).
     """
 

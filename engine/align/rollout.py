@@ -11,11 +11,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from ..cameras import CANONICAL_AZIMUTHS, DIFFSPLAT_ELEVATION, DIFFSPLAT_RADIUS, Cameras, orbit_cameras
+from ..core.cameras import (
+    CANONICAL_AZIMUTHS,
+    DIFFSPLAT_ELEVATION,
+    DIFFSPLAT_RADIUS,
+    Cameras,
+    orbit_cameras,
+)
+from ..core.sampling import StepGraph, Trajectory, make_scheduler
 from ..models.base import Condition
 from ..render import RenderOutput, render
 from ..rewards import Ensemble, Reward, flatten_renders
-from ..sampling import StepGraph, Trajectory, make_scheduler
 
 
 def seeded(*keys: int | str) -> torch.Generator:

@@ -29,41 +29,24 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ..generate import generate, load_model, model_views, prompt_notice, validate_prompt
+from ..core.sampling import sample
+from ..generate import generate, load_model, model_views
+from ..models import lora
 from ..preview import view_strips
+from ..prompts import EVAL_PROMPTS, prompt_notice, read_prompts, validate_prompt
 from ..render import render
 from ..rewards import build_ensemble, list_rewards, parse_ensemble
-from ..sampling import sample
-from . import lora
 from .config import RunConfig
 from .methods import METHODS, Context
 from .rollout import GraphPlan, RewardPath, Rollout, Transitions, seeded
 
 log = logging.getLogger(__name__)
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "prompts"
-TRAIN_PROMPTS = ASSETS / "train.txt"
-EVAL_PROMPTS = ASSETS / "eval_held_out.txt"
 SAMPLE_PROMPTS = 4  # fixed prompts (and seeds 0..3) drawn into samples/step_NNNN.png
 RUN_FILES = ("config.json", "metrics.csv", "eval.csv", "adapter", "samples", "checkpoint", "checkpoint-old")
 
 
 class TrainingError(RuntimeError):
     """The run cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
-
-
-def read_prompts(path: str | Path | None, default: Path = TRAIN_PROMPTS) -> list[str]:
-    """Prompts from a file, one per line (blank lines and # comments skipped), each validated."""
-    path = Path(path) if path else default
-    if not path.is_file():
-        raise FileNotFoundError(f"Prompt file {path} does not exist; give a text file with one prompt per line.")
-    lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines()]
-    prompts = [ln for ln in lines if ln and not ln.startswith("#")]
-    if not prompts:
-        raise ValueError(f"Prompt file {path} has no prompts; write one prompt per line.")
-    try:
-        return [validate_prompt(p) for p in prompts]
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
 
 
 class World:

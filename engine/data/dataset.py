@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..cameras import canonical_views, random_views
+from ..core.cameras import canonical_views, random_views
 from .primitives import Scene
 from .raycast import raycast_views, splatter_maps
 from .world import ObjectSpec, build, sample_spec

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
-from ..gaussians import quats_from_rotmat
+from ..core.cameras import Cameras
+from ..core.gaussians import quats_from_rotmat
 from ..splatter import SplatterDecoding
 from .primitives import Scene, intersect
 

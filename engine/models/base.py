@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
-from ..gaussians import Gaussians
-from ..sampling import make_scheduler
+from ..core.cameras import Cameras
+from ..core.gaussians import Gaussians
+from ..core.sampling import make_scheduler
 from ..splatter import decode_splatter
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")

@@ -32,8 +32,8 @@ import torch
 from diffusers import AutoencoderKL, PixArtTransformer2DModel, UNet2DConditionModel
 from torch import Tensor
 
-from ..cameras import canonical_views, diffsplat_plucker
-from ..sampling import BETAS, SD15_BETAS
+from ..core.cameras import canonical_views, diffsplat_plucker
+from ..core.sampling import BETAS, SD15_BETAS
 from .base import Condition, SplatDiffusionModel
 from .multiview import set_multiview_attention
 

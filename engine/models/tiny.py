@@ -18,8 +18,8 @@ from pathlib import Path
 from diffusers import PixArtTransformer2DModel
 from torch import Tensor
 
-from ..cameras import canonical_views, plucker_rays
-from ..text import EMBED_DIM, default_text_encoder
+from ..core.cameras import canonical_views, plucker_rays
+from ..core.text import EMBED_DIM, default_text_encoder
 from .base import Condition, SplatDiffusionModel
 from .multiview import set_multiview_attention
 from .pixart_fast import Unsupported, multiview_forward, supports

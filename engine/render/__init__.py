@@ -14,8 +14,8 @@ from typing import Literal, Sequence
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
-from ..gaussians import Gaussians
+from ..core.cameras import Cameras
+from ..core.gaussians import Gaussians
 from .gsplat_backend import gsplat_available, render_gsplat
 from .native import bin_fill, composite_native, native_available
 from .projection import ALPHA_MIN, bin_tiles, project

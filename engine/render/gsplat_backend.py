@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
-from ..gaussians import Gaussians
+from ..core.cameras import Cameras
+from ..core.gaussians import Gaussians
 from .projection import camera_normals
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..cameras import Cameras
-from ..gaussians import Gaussians, quat_to_rotmat
+from ..core.cameras import Cameras
+from ..core.gaussians import Gaussians, quat_to_rotmat
 
 ALPHA_MIN = 1.0 / 255.0  # compositing skips Gaussians below this alpha (3DGS / gsplat)
 ALPHA_MAX = 0.999

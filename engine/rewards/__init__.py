@@ -10,7 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .base import Ensemble, EnsembleTerm, Reward, RewardInfo, RewardInputs, flatten_renders, normalise, score_assets
+from .base import (
+    Ensemble,
+    EnsembleTerm,
+    Reward,
+    RewardInfo,
+    RewardInputs,
+    flatten_renders,
+    normalise,
+    score_assets,
+)
 from .offline import AlignmentReward, ColorfulnessReward, GeometryReward
 from .preference import AestheticReward, ClipScoreReward, HPSv2Reward, MissingWeights
 

@@ -14,7 +14,7 @@ from typing import ClassVar, Literal, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..cameras import Cameras
+from ..core.cameras import Cameras
 from ..render import RenderOutput
 
 INPUTS = ("images", "prompts", "alpha", "depth", "normal", "cameras")

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..core.text import default_text_encoder
 from ..evaluator import DEFAULT_EVALUATOR, Evaluator, load_evaluator
 from ..metrics import depth_normal_consistency
-from ..text import default_text_encoder
 from .base import PromptEmbeddings, Reward, RewardInputs
 
 

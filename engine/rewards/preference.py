@@ -17,7 +17,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import PromptEmbeddings, Reward, RewardInputs
-from .openclip import check_state_dict, get_tokenizer, load_clip, model_source, pack_attention, pixels_for, read_state_dict
+from .openclip import (
+    check_state_dict,
+    get_tokenizer,
+    load_clip,
+    model_source,
+    pack_attention,
+    pixels_for,
+    read_state_dict,
+)
 
 
 class MissingWeights(FileNotFoundError):

@@ -15,7 +15,7 @@ from typing import Callable, ClassVar, Iterator
 import torch
 from torch import Tensor
 
-from ...sampling import StepGraph
+from ...core.sampling import StepGraph
 from ..rollout import GraphPlan, RewardPath, Rollout, Transitions, guided_eps, seeded
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import torch
 
+from ...core.sampling import Trajectory
 from ...models.base import Condition
 from ..rollout import GraphPlan, Rollout, _bc, alpha_bar, stratified_steps
-from ...sampling import Trajectory
 from .base import Method
 
 _TRAJ = ("latents", "next_latents", "timesteps", "model_outputs", "means", "stds")

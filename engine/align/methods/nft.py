@@ -20,7 +20,6 @@ from .base import Method, mean_metrics
 from .ddpo import gathered
 from .grpo import group_advantages
 
-
 CHUNK_ASSETS = 16  # assets per denoiser pass when several noise levels share one (bounds the graph's memory)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ...sampling import sample
+from ...core.sampling import sample
 from ..config import RunConfig
 from ..methods import METHODS
 from .targets import (

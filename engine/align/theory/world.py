@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ...core.sampling import make_scheduler
 from ...models.base import Condition
-from ...sampling import make_scheduler
 
 WORLDS = ("gaussian", "mixture")
 REWARDS = ("direction", "ring", "corner")
@@ -205,7 +205,7 @@ class WorldModel(nn.Module):
     Unconditional: ``encode_prompts`` gives one empty token per prompt and guidance is 1."""
 
     guidance_default = 1.0
-    noise_schedule = None  # the sampler's default training betas (engine.sampling.BETAS)
+    noise_schedule = None  # the sampler's default training betas (engine.core.sampling.BETAS)
 
     def __init__(self, data: Mixture, hidden: int = 64, seed: int = 0):
         super().__init__()

@@ -36,12 +36,18 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig
-from peft.functional import cast_adapter_dtype, delete_adapter, get_peft_model_state_dict, inject_adapter_in_model, set_adapter
+from peft.functional import (
+    cast_adapter_dtype,
+    delete_adapter,
+    get_peft_model_state_dict,
+    inject_adapter_in_model,
+    set_adapter,
+)
 from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from ..models.diffsplat import check_tensors, safetensors_header
+from .diffsplat import check_tensors, safetensors_header
 
 DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
                                     "proj", "linear", "linear_1", "linear_2")

@@ -1,0 +1,1 @@
+"""Types every layer uses: Gaussians, cameras, the sampler, the text encoder, atomic file writes."""
