@@ -11,14 +11,24 @@ import logging
 import sys
 
 from .config import RunConfig
+from .knobs import knob_fields
 from .methods import METHODS
 
 
+def knob_help() -> str:
+    """Every method and its knobs, from the methods' own declarations (engine/align/methods/)."""
+    lines = ["methods and their knobs (--set GROUP.KNOB=VALUE; the run's own fields: --set KNOB=VALUE):"]
+    for name, cls in METHODS.items():
+        lines.append(f"  {name} ({cls.title}): {cls.summary}")
+        for k in knob_fields(cls.config, cls.config_field):
+            default = "from the reward" if k.default is None else repr(k.default)
+            lines.append(f"    {k.dotted} = {default}" + (f"  {k.meta.help}" if k.meta.help else ""))
+    return "\n".join(lines)
+
+
 def parser() -> argparse.ArgumentParser:
-    methods = "; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items())
     p = argparse.ArgumentParser(prog="python -m engine.align", description="Finetune a text-to-3D model's LoRA on a 2D reward.",
-                                epilog=f"Methods -- {methods}. Every knob: --set GROUP.KNOB=VALUE (groups: nabla, refl, draft, "
-                                       "alignprop, ddpo, grpo, nft) or --set KNOB=VALUE for the run's own; see config.json of a run.")
+                                epilog=knob_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", choices=list(METHODS), default=None)
     p.add_argument("--reward", help="a reward or an ensemble spec, e.g. geometry or 'alignment:1,geometry:0.5'")
     p.add_argument("--steps", type=int, help="optimiser steps")

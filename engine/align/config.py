@@ -1,194 +1,26 @@
-"""One run config: the shared settings, and one nested dataclass of knobs per method.
+"""One run config: the shared settings, and one knob set per registered method.
 
-Saved as ``config.json`` in the run folder, so every curve traces back to the exact settings and seed.
-``RunConfig.from_dict`` refuses unknown keys; ``apply_overrides(["nabla.beta=1e4", "lr=1e-3"])`` sets
-fields from the command line with the field's own type; ``validate()`` says value, reason and fix.
+Saved as ``config.json`` in the run folder, so every curve traces back to the exact settings and seed. A
+method's knobs are its own config dataclass (declared in its module, engine/align/methods/), kept under the
+method's group key: ``config.nabla.beta``, ``"nabla": {...}`` in config.json. ``RunConfig.from_dict`` refuses
+unknown keys and fills the groups a config predates with their defaults; ``apply_overrides(["nabla.beta=1e4",
+"lr=1e-3"])`` sets fields from the command line with the field's own type; ``validate()`` says value, reason
+and fix, and fills knobs whose default depends on the reward (Nabla-R2D3's β).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
-
-def _bad(name: str, value, reason: str, fix: str) -> ValueError:
-    return ValueError(f"{name} = {value!r}: {reason}; {fix}.")
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0 < value <= 1:
-        raise _bad(name, value, "must be in (0, 1]", "it is the share of sampler steps trained per trajectory, e.g. 0.4")
-
-
-@dataclass
-class NablaConfig:
-    """Nabla-R2D3: forward residual ∇-DB with the forward-looking reward gradient (research/nabla-r2d3.md §1.3-1.6)."""
-
-    # On the tiny model 3e3 barely moves the samples: the last sampler step's score coefficient (~1e3) needs
-    # ~1e6 per unit of the reward's range (bench/compare_methods.py). The inline comment is the studio's help.
-    beta: float = 3e3  # reward temperature: target p ∝ p_ref · exp(β r)
-    reg: float = 1e3  # λ: ε-space trust region to the sampling policy (only bites off-policy, see `lag`)
-    strength: float = 1.0  # κ: weight of the reference score
-    timestep_fraction: float = 0.4  # K = int(N · fraction) transitions per trajectory, the terminal one always
-    low_variance: bool = True  # one transition per stratum of the trajectory (plus the terminal one)
-    adaptive_scaling: str = "squared"  # g · ᾱ(t_next) ("squared"), · sqrt(ᾱ) ("sqrt") or "none"
-    alpha_prod_clip: bool = False  # ᾱ ← ᾱ^1.5, zero where ᾱ^1.5 <= 0.05
-    reward_grad_clip: float = 0.0  # per-sample L2 clip of β∇r before scaling (0 = off)
-    n_reward_avg: int = 1  # noisy copies of the renders whose reward gradients are averaged
-    image_noise: float = 2e-3  # std of the noise on those copies
-    reward_views: int = 0  # score this many of the views per transition (0 = all; 2 = the memory-saving mode)
-    loss: str = "l2"  # "l2" or "l1"
-    # "score": the residual in score units, as the paper (the last sampler step's c_j ~ 1e3 makes it most of the
-    # loss); "eps": divided by c_j, each transition weighs alike. Same fixed point (engine/align/theory/THEORY.md §3)
-    weighting: str = "score"
-    lookahead: str = "next"  # x̂0 at ᾱ(t_{j+1}); "reference" reproduces the reference's double shift (§8 B1)
-    lag: bool = False  # train on the previous round's samples (the reference's one-round lag, §2.4)
-
-    def validate(self, steps: int) -> None:
-        if self.beta < 0:
-            raise _bad("nabla.beta", self.beta, "must be >= 0", "it scales the reward gradient; the tiny model moves at ~1e6 per unit of reward range")
-        if self.reg < 0:
-            raise _bad("nabla.reg", self.reg, "must be >= 0", "use 0 to turn the regulariser off")
-        if self.strength < 0:
-            raise _bad("nabla.strength", self.strength, "must be >= 0", "1.0 is the method's κ")
-        _check_fraction("nabla.timestep_fraction", self.timestep_fraction)
-        if int(steps * self.timestep_fraction) < 1:
-            raise _bad("nabla.timestep_fraction", self.timestep_fraction, f"trains no transition of {steps} sampler steps",
-                       "raise it so that steps x fraction >= 1")
-        _choice("nabla.adaptive_scaling", self.adaptive_scaling, ("squared", "sqrt", "none"))
-        _choice("nabla.loss", self.loss, ("l2", "l1"))
-        _choice("nabla.weighting", self.weighting, ("score", "eps"))
-        _choice("nabla.lookahead", self.lookahead, ("next", "reference"))
-        if self.reward_grad_clip < 0:
-            raise _bad("nabla.reward_grad_clip", self.reward_grad_clip, "must be >= 0", "0 turns the clip off")
-        if self.n_reward_avg < 1:
-            raise _bad("nabla.n_reward_avg", self.n_reward_avg, "must be >= 1", "1 scores the renders once")
-        if self.image_noise < 0:
-            raise _bad("nabla.image_noise", self.image_noise, "must be >= 0", "the reference uses 2e-3")
-        if self.reward_views < 0:
-            raise _bad("nabla.reward_views", self.reward_views, "must be >= 0", "0 scores every view")
-
-
-@dataclass
-class ReflConfig:
-    """ReFL: reward of the one-step x̂0 from a random late step, its gradient into θ (research/rl-trainers.md §4.1)."""
-
-    first_fraction: float = 0.75  # the step is drawn from [first_fraction · N, N - 2]
-    kl: float = 0.0  # ε-space pull to the base model (0 = the reference's plain ReFL)
-
-    def validate(self, steps: int) -> None:
-        _check_fraction("refl.first_fraction", self.first_fraction)
-        if steps < 3:
-            raise _bad("steps", steps, "ReFL needs at least 3 sampler steps", "use the default 20")
-        _nonneg("refl.kl", self.kl)
-
-
-@dataclass
-class DraftConfig:
-    """DRaFT-K: backprop the final reward through the last K sampler steps; ``lv``: DRaFT-LV (§4.2)."""
-
-    k: int = 1
-    lv: bool = False  # K = 1 with `lv_samples` re-noisings of the detached final sample
-    lv_samples: int = 2
-    kl: float = 0.0
-
-    def validate(self, steps: int) -> None:
-        if not 1 <= self.k <= steps:
-            raise _bad("draft.k", self.k, f"must be in [1, {steps}] (the sampler steps)", "K = 1 is the usual choice")
-        if self.lv_samples < 1:
-            raise _bad("draft.lv_samples", self.lv_samples, "must be >= 1", "the paper uses 2")
-        _nonneg("draft.kl", self.kl)
-
-
-@dataclass
-class AlignPropConfig:
-    """AlignProp: backprop through a random number K of final steps, drawn once per rollout, with checkpointing (§4.3)."""
-
-    k_min: int = 1
-    k_max: int = 4
-    checkpointing: bool = True
-    kl: float = 0.0
-
-    def validate(self, steps: int) -> None:
-        if not 1 <= self.k_min <= self.k_max <= steps:
-            raise _bad("alignprop.k_min/k_max", (self.k_min, self.k_max), f"need 1 <= k_min <= k_max <= {steps}",
-                       "e.g. k_min=1 k_max=4")
-        _nonneg("alignprop.kl", self.kl)
-
-
-@dataclass
-class DdpoConfig:
-    """DDPO: PPO-clip on the recorded transitions' log-probabilities, per-prompt advantages (§5)."""
-
-    clip_range: float = 1e-4
-    adv_clip: float = 5.0
-    timestep_fraction: float = 1.0  # of the N - 1 steps (the last, near-deterministic one is never trained)
-    buffer_size: int = 16  # per-prompt reward history for the advantage statistics
-    min_count: int = 8  # below this many rewards for a prompt, use the batch's statistics
-
-    def validate(self, steps: int) -> None:
-        _positive("ddpo.clip_range", self.clip_range)
-        _positive("ddpo.adv_clip", self.adv_clip)
-        _check_fraction("ddpo.timestep_fraction", self.timestep_fraction)
-        if self.buffer_size < 1 or self.min_count < 1:
-            raise _bad("ddpo.buffer_size/min_count", (self.buffer_size, self.min_count), "must be >= 1", "e.g. 16 and 8")
-
-
-@dataclass
-class GrpoConfig:
-    """GRPO-style: groups of samples per prompt, group-relative advantages, clip, optional KL; DAPO options (§3)."""
-
-    group_size: int = 4
-    clip_low: float = 1e-4
-    clip_high: float = 1e-4  # > clip_low is DAPO's clip-higher, e.g. 1.4e-4
-    adv_clip: float = 5.0
-    std: str = "global"  # advantage scale: "global" (Flow-GRPO) or "group"
-    kl: float = 0.0  # β_KL · ||μ_θ - μ_ref||² / (2 std²)
-    dynamic_sampling: bool = False  # drop groups whose rewards do not vary (DAPO)
-    min_group_std: float = 1e-6
-    average: str = "transition"  # "transition" (DAPO's token-level mean) or "sample"
-    timestep_fraction: float = 0.6
-
-    def validate(self, steps: int) -> None:
-        if self.group_size < 2:
-            raise _bad("grpo.group_size", self.group_size, "must be >= 2", "groups compare samples of one prompt")
-        _positive("grpo.clip_low", self.clip_low)
-        _positive("grpo.clip_high", self.clip_high)
-        _positive("grpo.adv_clip", self.adv_clip)
-        _choice("grpo.std", self.std, ("global", "group"))
-        _choice("grpo.average", self.average, ("transition", "sample"))
-        _nonneg("grpo.kl", self.kl)
-        _check_fraction("grpo.timestep_fraction", self.timestep_fraction)
-
-
-@dataclass
-class NftConfig:
-    """DiffusionNFT: the forward-process, negative-aware objective on ε-model outputs (§2.8, option iii: CFG'd)."""
-
-    beta: float = 1.0  # NFT's mixing strength (not the KL weight)
-    kl: float = 1e-4  # ε-space KL to the base model
-    adv_clip: float = 5.0
-    group_size: int = 4
-    timesteps: int = 4  # trained noise levels per sample, drawn from the sampler's steps
-    min_step: int = 6  # train only steps j >= min_step (σ/α <= 12, research §2.8 (b))
-    old_decay_rate: float = 0.001  # old-policy EMA: η = min(rate · step, max) (the official "type 1")
-    old_decay_max: float = 0.5
-
-    def validate(self, steps: int) -> None:
-        _positive("nft.beta", self.beta)
-        _nonneg("nft.kl", self.kl)
-        _positive("nft.adv_clip", self.adv_clip)
-        if self.group_size < 2:
-            raise _bad("nft.group_size", self.group_size, "must be >= 2", "advantages compare samples of one prompt")
-        if not 0 <= self.min_step < steps:
-            raise _bad("nft.min_step", self.min_step, f"must be in [0, {steps - 1}]", "6 keeps σ/α <= 12")
-        if not 1 <= self.timesteps <= steps - self.min_step:
-            raise _bad("nft.timesteps", self.timesteps, f"must be in [1, {steps - self.min_step}]", "e.g. 4")
-        if not 0 <= self.old_decay_max < 1 or self.old_decay_rate < 0:
-            raise _bad("nft.old_decay_max", self.old_decay_max, "must be in [0, 1) with a rate >= 0", "0.5 as the official code")
+from .knobs import bad_value as _bad
+from ..core.io import atomic_write_json
+from .knobs import check_knobs, reward_scaled
 
 
 def _choice(name: str, value, options: tuple) -> None:
@@ -196,14 +28,15 @@ def _choice(name: str, value, options: tuple) -> None:
         raise _bad(name, value, "unknown option", f"choose one of {', '.join(map(str, options))}")
 
 
-def _nonneg(name: str, value: float) -> None:
-    if value < 0:
-        raise _bad(name, value, "must be >= 0", "use 0 to turn it off")
+def method_groups() -> dict[str, type]:
+    """{group key: knob dataclass} of every registered method, in registry order."""
+    from .methods import METHODS
+
+    return {cls.config_field: cls.config for cls in METHODS.values()}
 
 
-def _positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise _bad(name, value, "must be > 0", "see the method's defaults in the README")
+def _default_knobs() -> dict[str, Any]:
+    return {group: cls() for group, cls in method_groups().items()}
 
 
 @dataclass
@@ -245,13 +78,23 @@ class RunConfig:
     # sampler calls (sample x step) kept with their autograd graph so that the loss differentiates the pass
     # that sampled instead of running it again (~60 MB each on the tiny model); 0 recomputes every one
     reuse_calls: int = 32
-    nabla: NablaConfig = field(default_factory=NablaConfig)
-    refl: ReflConfig = field(default_factory=ReflConfig)
-    draft: DraftConfig = field(default_factory=DraftConfig)
-    alignprop: AlignPropConfig = field(default_factory=AlignPropConfig)
-    ddpo: DdpoConfig = field(default_factory=DdpoConfig)
-    grpo: GrpoConfig = field(default_factory=GrpoConfig)
-    nft: NftConfig = field(default_factory=NftConfig)
+    # one knob set per registered method, by group key (only the chosen method's is used); read as config.nabla
+    knobs: dict[str, Any] = field(default_factory=_default_knobs, repr=False)
+
+    def __post_init__(self):
+        self.knobs = {group: copy.copy(value) for group, value in self.knobs.items()}  # never shared with a copy
+
+    def __getattr__(self, name: str):
+        # only reached when ordinary lookup fails: a method's knob group; one registered after this config was
+        # made starts at its defaults
+        knobs = self.__dict__.get("knobs")
+        if knobs is not None:
+            if name in knobs:
+                return knobs[name]
+            cls = method_groups().get(name)
+            if cls is not None:
+                return knobs.setdefault(name, cls())
+        raise AttributeError(f"{type(self).__name__!s} has no field or method group {name!r}")
 
     # -- checks ------------------------------------------------------------------------------------
     def validate(self) -> "RunConfig":
@@ -273,8 +116,14 @@ class RunConfig:
             raise _bad("guidance", self.guidance, "must be >= 1", "leave it unset for the model's default")
         _choice("aggregate", self.aggregate, ("mean", "max"))
         _choice("dtype", self.dtype, ("fp32", "bf16", "fp16"))
-        self.method_config().validate(self.sampler_steps)
-        group = getattr(self.method_config(), "group_size", 1)
+        knobs, group_key = self.method_config(), METHODS[self.method].config_field
+        span = _reward_span(self.reward)
+        for name, value in reward_scaled(knobs, group_key, span).items():
+            setattr(knobs, name, value)  # e.g. Nabla-R2D3's beta, per unit of this reward's range
+        check_knobs(knobs, group_key)
+        if hasattr(knobs, "validate"):
+            knobs.validate(self.sampler_steps)
+        group = getattr(knobs, "group_size", 1)
         if self.batch_size % group:
             raise _bad("batch_size", self.batch_size, f"must be a multiple of {self.method}'s group_size {group}",
                        f"use {group * max(1, self.batch_size // group)}")
@@ -287,14 +136,18 @@ class RunConfig:
 
     # -- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The config.json layout: the shared fields, then one object per method group."""
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in fields(self) if f.name != "knobs"}
+        for group in {**method_groups(), **self.knobs}:
+            out[group] = dataclasses.asdict(getattr(self, group))
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         return _build(cls, data, "")
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
@@ -320,11 +173,24 @@ class RunConfig:
 
 
 def _groups() -> list[str]:
-    return [f.name for f in fields(RunConfig) if dataclasses.is_dataclass(_field_type(RunConfig, f.name))]
+    return list(method_groups())
 
 
 def _field_type(owner: type, name: str):
+    if owner is RunConfig and name in method_groups():
+        return method_groups()[name]
     return typing.get_type_hints(owner)[name]
+
+
+def _reward_span(spec: str) -> float | None:
+    """The reward's usual range (an ensemble's: the sum of |weights| of its range-normalised terms); None when the
+    spec is not a registered reward (e.g. the theory world's)."""
+    from ..rewards import reward_span
+
+    try:
+        return reward_span(spec)
+    except (KeyError, ValueError):
+        return None
 
 
 def _parse(raw: str, tp, key: str):
@@ -351,8 +217,20 @@ def _parse(raw: str, tp, key: str):
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
         raise ValueError(f"config{prefix or ''}: expected an object, got {type(data).__name__}.")
+    if cls is RunConfig:  # method groups go into knobs (a group the file predates keeps its defaults)
+        groups = method_groups()
+        data = dict(data)
+        data.pop("knobs", None)
+        knobs = {g: _build(groups[g], data.pop(g), f"{g}.") for g in list(data) if g in groups}
+        return RunConfig(**{k: v for k, v in _build_fields(cls, data, prefix).items()}, knobs={**_default_knobs(), **knobs})
+    return cls(**_build_fields(cls, data, prefix))
+
+
+def _build_fields(cls, data: dict, prefix: str) -> dict:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in fields(cls)}
+    names = {f.name for f in fields(cls)} - {"knobs"}
+    if cls is RunConfig:
+        names |= set(method_groups())
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"Unknown config key(s) {', '.join(prefix + k for k in unknown)}; known: {', '.join(sorted(names))}.")
@@ -360,4 +238,4 @@ def _build(cls, data: dict, prefix: str):
     for key, value in data.items():
         tp = hints[key]
         kwargs[key] = _build(tp, value, f"{prefix}{key}.") if dataclasses.is_dataclass(tp) else value
-    return cls(**kwargs)
+    return kwargs

@@ -24,6 +24,7 @@ from .offline import AlignmentReward, ColorfulnessReward, GeometryReward
 from .preference import AestheticReward, ClipScoreReward, HPSv2Reward, MissingWeights
 
 __all__ = [
+    "reward_span",
     "Reward", "RewardInfo", "RewardInputs", "Ensemble", "EnsembleTerm", "MissingWeights", "REWARDS",
     "build_reward", "build_ensemble", "parse_ensemble", "list_rewards", "score_assets", "flatten_renders", "normalise",
     "GeometryReward", "ColorfulnessReward", "AlignmentReward", "ClipScoreReward", "HPSv2Reward", "AestheticReward",
@@ -65,6 +66,16 @@ def parse_ensemble(spec: str) -> list[tuple[str, float]]:
     if not terms:
         raise ValueError(f"Empty reward spec {spec!r}.")
     return terms
+
+
+def reward_span(spec: str) -> float:
+    """The usual range of a reward spec's scores: a bare reward's ``value_range`` width, or for an ensemble of
+    range-normalised terms the sum of |weights|. Knobs that multiply the raw reward (Nabla-R2D3's β) scale by it."""
+    terms = parse_ensemble(spec)
+    if len(terms) == 1 and ":" not in spec:
+        lo, hi = _cls(terms[0][0]).value_range
+        return float(hi - lo)
+    return float(sum(abs(w) for _, w in terms))
 
 
 def build_ensemble(spec: str | Sequence[tuple[str, float]], options: dict[str, dict[str, Any]] | None = None,

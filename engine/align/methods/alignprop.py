@@ -4,13 +4,33 @@ checkpointing of every denoiser call (research/rl-trainers.md §4.3)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..knobs import bad_value, knob
 from ..rollout import GraphPlan
 from .base import Method, replay, reward_loss
 
 
+@dataclass
+class AlignPropConfig:
+    """AlignProp: backprop through a random number K of final steps, drawn once per rollout, with checkpointing (§4.3)."""
+
+    k_min: int = knob(1, "fewest final steps backpropagated through", low=1)
+    k_max: int = knob(4, "most final steps backpropagated through", low=1, sweep=(2, 4, 8))
+    checkpointing: bool = knob(True, "recompute the replayed steps in the backward pass (memory for time)")
+    kl: float = knob(0.0, "ε-space pull to the base model over the replayed steps", title="KL weight (kl)", low=0, strength=-1)
+
+    def validate(self, steps: int) -> None:
+        if not 1 <= self.k_min <= self.k_max <= steps:
+            raise bad_value("alignprop.k_min/k_max", (self.k_min, self.k_max), f"need 1 <= k_min <= k_max <= {steps}",
+                            "e.g. k_min=1 k_max=4")
+
+
 class AlignProp(Method):
+    title = "AlignProp"
+    config = AlignPropConfig
     name = "alignprop"
     config_field = "alignprop"
     summary = "reward backpropagated through a random truncation of the chain, checkpointed (AlignProp)"

@@ -108,8 +108,10 @@ class PolicyPass:
 class Method:
     """Subclasses set the class attributes and implement :meth:`losses`."""
 
-    name: ClassVar[str]
-    config_field: ClassVar[str]  # the RunConfig field holding this method's knobs
+    name: ClassVar[str]  # the registry key (--method)
+    title: ClassVar[str]  # how people write it (the studio, reports)
+    config: ClassVar[type]  # the dataclass of its knobs (engine.align.knobs.knob fields)
+    config_field: ClassVar[str]  # the key of those knobs in a RunConfig and its config.json (--set GROUP.KNOB=...)
     summary: ClassVar[str]
     needs: ClassVar[tuple[str, ...]]  # e.g. ("trajectory", "reward_grad", "reference"): documentation and tests
 

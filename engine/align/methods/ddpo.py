@@ -4,11 +4,26 @@ kept across steps (research/rl-trainers.md §5). The last sampler step (std 0.01
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 import torch
 
+from ..knobs import knob
 from ..rollout import GraphPlan, _bc, gaussian_log_ratio, random_steps
 from .base import Method
+
+
+@dataclass
+class DdpoConfig:
+    """DDPO: PPO-clip on the recorded transitions' log-probabilities, per-prompt advantages (§5)."""
+
+    clip_range: float = knob(1e-4, "PPO's clip of the probability ratio", low=0, open_low=True, sweep=(3e-5, 1e-4, 3e-4),
+                             strength=1)
+    adv_clip: float = knob(5.0, "advantages are clipped to ± this", low=0, open_low=True)
+    timestep_fraction: float = knob(1.0, "of the N - 1 steps (the last, near-deterministic one is never trained)",
+                                    low=0, open_low=True, high=1)
+    buffer_size: int = knob(16, "per-prompt reward history for the advantage statistics", low=1)
+    min_count: int = knob(8, "below this many rewards for a prompt, use the batch's statistics", low=1)
 
 
 def gathered(ctx, rollout, values):
@@ -86,6 +101,8 @@ class PromptStats:
 
 
 class DDPO(Method):
+    title = "DDPO"
+    config = DdpoConfig
     name = "ddpo"
     config_field = "ddpo"
     summary = "PPO-clip on transition log-probabilities, per-prompt advantages (DDPO)"

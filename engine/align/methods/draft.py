@@ -4,13 +4,33 @@ to the last step's noise level, rewards averaged (research/rl-trainers.md §4.2)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..knobs import bad_value, knob
 from ..rollout import GraphPlan
 from .base import Method, kl_to_base, replay, reward_loss
 
 
+@dataclass
+class DraftConfig:
+    """DRaFT-K: backprop the final reward through the last K sampler steps; ``lv``: DRaFT-LV (§4.2)."""
+
+    k: int = knob(1, "sampler steps the reward gradient goes back through (K = 1 is the usual choice)", title="K", low=1,
+                  sweep=(1, 2, 4))
+    lv: bool = knob(False, "K = 1 with `lv_samples` re-noisings of the detached final sample")
+    lv_samples: int = knob(2, "re-noisings of DRaFT-LV (the paper uses 2)", low=1)
+    kl: float = knob(0.0, "ε-space pull to the base model over the replayed steps", title="KL weight (kl)", low=0, strength=-1)
+
+    def validate(self, steps: int) -> None:
+        if self.k > steps:
+            raise bad_value("draft.k", self.k, f"must be in [1, {steps}] (the sampler steps)", "K = 1 is the usual choice")
+
+
 class DRaFT(Method):
+    title = "DRaFT"
+    config = DraftConfig
     name = "draft"
     config_field = "draft"
     summary = "reward backpropagated through the last K sampler steps (DRaFT-K, DRaFT-LV)"

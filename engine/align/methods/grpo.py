@@ -4,10 +4,32 @@ dropped), transition-level averaging (research/rl-trainers.md §3)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from ..knobs import knob
 from .base import Method
 from .ddpo import gathered, ppo_losses, ppo_plan
+
+
+@dataclass
+class GrpoConfig:
+    """GRPO-style: groups of samples per prompt, group-relative advantages, clip, optional KL; DAPO options (§3)."""
+
+    group_size: int = knob(4, "samples per prompt (groups compare samples of one prompt)", low=2)
+    clip_low: float = knob(1e-4, "PPO clip below the ratio 1", low=0, open_low=True, sweep=(3e-5, 1e-4, 3e-4),
+                           sweep_with=("clip_high",))
+    clip_high: float = knob(1e-4, "PPO clip above the ratio 1 (> clip_low is DAPO's clip-higher, e.g. 1.4e-4)",
+                            low=0, open_low=True)
+    adv_clip: float = knob(5.0, "advantages are clipped to ± this", low=0, open_low=True)
+    std: str = knob("global", "advantage scale: \"global\" (Flow-GRPO) or \"group\"", choices=("global", "group"))
+    kl: float = knob(0.0, "β_KL · ||μ_θ - μ_ref||² / (2 std²)", title="KL weight (kl)", low=0, strength=-1)
+    dynamic_sampling: bool = knob(False, "drop groups whose rewards do not vary (DAPO)")
+    min_group_std: float = knob(1e-6, "a group varies when its rewards' std exceeds this", low=0)
+    average: str = knob("transition", "\"transition\" (DAPO's token-level mean) or \"sample\"",
+                        choices=("transition", "sample"))
+    timestep_fraction: float = knob(0.6, "share of the sampler steps trained per trajectory", low=0, open_low=True, high=1)
 
 
 def group_advantages(rewards: torch.Tensor, group: int, std: str = "global", eps: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -19,6 +41,8 @@ def group_advantages(rewards: torch.Tensor, group: int, std: str = "global", eps
 
 
 class GRPO(Method):
+    title = "GRPO"
+    config = GrpoConfig
     name = "grpo"
     config_field = "grpo"
     summary = "group-relative advantages with PPO-clip, optional KL; DAPO options (GRPO)"

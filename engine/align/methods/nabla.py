@@ -14,17 +14,64 @@ per-sample seeds, no duplicate terminal transition in the stratified subsampling
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ...core.sampling import Trajectory
 from ...models.base import Condition
+from ..knobs import bad_value, knob
 from ..rollout import GraphPlan, Rollout, _bc, alpha_bar, stratified_steps
 from .base import Method
+
+# β multiplies the raw reward gradient, so its default is per unit of the reward's usual range: on the tiny model
+# the last sampler step's score coefficient (~1e3) needs ~1e6-1e7 per unit before the samples move. Measured
+# (base v2, colorfulness, batch 2, 10 sampler steps, lr 1e-3, 10 steps): 3e7 per unit reached 111 (as ReFL),
+# 3e6 reached 87, 3e3 stayed at the base; the shipped comparison's sweep picked its top value, 3e7, scores rising.
+BETA_PER_RANGE = 3e7
+
+
+@dataclass
+class NablaConfig:
+    """Nabla-R2D3: forward residual ∇-DB with the forward-looking reward gradient (research/nabla-r2d3.md §1.3-1.6)."""
+
+    beta: float | None = knob(None, f"reward temperature: target p ∝ p_ref · exp(β r); unset: {BETA_PER_RANGE:.0e} per unit "
+                              "of the reward's usual range", title="β (beta)", low=0, sweep=(3e6, 3e7, 3e8), strength=1,
+                              per_reward_range=BETA_PER_RANGE)
+    reg: float = knob(1e3, "λ: ε-space trust region to the sampling policy (only bites off-policy, see `lag`)",
+                      title="λ (reg)", low=0)
+    strength: float = knob(1.0, "κ: weight of the reference score", title="κ (strength)", low=0)
+    timestep_fraction: float = knob(0.4, "K = int(N · fraction) transitions per trajectory, the terminal one always",
+                                    low=0, open_low=True, high=1)
+    low_variance: bool = knob(True, "one transition per stratum of the trajectory (plus the terminal one)")
+    adaptive_scaling: str = knob("squared", "g · ᾱ(t_next) (\"squared\"), · sqrt(ᾱ) (\"sqrt\") or \"none\"",
+                                 choices=("squared", "sqrt", "none"))
+    alpha_prod_clip: bool = knob(False, "ᾱ ← ᾱ^1.5, zero where ᾱ^1.5 <= 0.05")
+    reward_grad_clip: float = knob(0.0, "per-sample L2 clip of β∇r before scaling (0 = off)", low=0)
+    n_reward_avg: int = knob(1, "noisy copies of the renders whose reward gradients are averaged", low=1)
+    image_noise: float = knob(2e-3, "std of the noise on those copies", low=0)
+    reward_views: int = knob(0, "score this many of the views per transition (0 = all; 2 = the memory-saving mode)", low=0)
+    loss: str = knob("l2", "\"l2\" or \"l1\"", choices=("l2", "l1"))
+    # "score": the residual in score units, as the paper (the last sampler step's c_j ~ 1e3 makes it most of the
+    # loss); "eps": divided by c_j, each transition weighs alike. Same fixed point (engine/align/theory/THEORY.md §3)
+    weighting: str = knob("score", "\"score\": the residual in score units (the paper's); \"eps\": divided by c_j, "
+                          "every transition weighs alike (same fixed point)", choices=("score", "eps"))
+    lookahead: str = knob("next", "x̂0 at ᾱ(t_{j+1}); \"reference\" reproduces the reference's double shift (§8 B1)",
+                          choices=("next", "reference"))
+    lag: bool = knob(False, "train on the previous round's samples (the reference's one-round lag, §2.4)")
+
+    def validate(self, steps: int) -> None:
+        if int(steps * self.timestep_fraction) < 1:
+            raise bad_value("nabla.timestep_fraction", self.timestep_fraction, f"trains no transition of {steps} sampler steps",
+                            "raise it so that steps x fraction >= 1")
+
 
 _TRAJ = ("latents", "next_latents", "timesteps", "model_outputs", "means", "stds")
 
 
 class NablaR2D3(Method):
+    title = "Nabla-R2D3"
+    config = NablaConfig
     name = "nabla-r2d3"
     config_field = "nabla"
     summary = "residual ∇-DB with forward-looking reward gradients (Nabla-R2D3)"

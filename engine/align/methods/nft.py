@@ -12,18 +12,46 @@ CFG-combined predictions the sampler uses (option iii). The old policy is an EMA
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 
+from ..knobs import bad_value, knob
 from ..rollout import _bc, random_steps
 from .base import Method, mean_metrics
 from .ddpo import gathered
 from .grpo import group_advantages
 
+
+@dataclass
+class NftConfig:
+    """DiffusionNFT: the forward-process, negative-aware objective on ε-model outputs (§2.8, option iii: CFG'd)."""
+
+    beta: float = knob(1.0, "NFT's mixing strength (not the KL weight)", title="β (beta)", low=0, open_low=True,
+                       sweep=(0.5, 1.0, 2.0))
+    kl: float = knob(1e-4, "ε-space KL to the base model", title="KL weight (kl)", low=0, strength=-1)
+    adv_clip: float = knob(5.0, "advantages are clipped to ± this", low=0, open_low=True)
+    group_size: int = knob(4, "samples per prompt (advantages compare samples of one prompt)", low=2)
+    timesteps: int = knob(4, "trained noise levels per sample, drawn from the sampler's steps", low=1)
+    min_step: int = knob(6, "train only steps j >= min_step (σ/α <= 12, research §2.8 (b))", low=0)
+    old_decay_rate: float = knob(0.001, "old-policy EMA: η = min(rate · step, max) (the official \"type 1\")", low=0)
+    old_decay_max: float = knob(0.5, "the EMA's largest η, in [0, 1)", low=0)
+
+    def validate(self, steps: int) -> None:
+        if self.min_step >= steps:
+            raise bad_value("nft.min_step", self.min_step, f"must be in [0, {steps - 1}]", "6 keeps σ/α <= 12")
+        if self.timesteps > steps - self.min_step:
+            raise bad_value("nft.timesteps", self.timesteps, f"must be in [1, {steps - self.min_step}]", "e.g. 4")
+        if self.old_decay_max >= 1:
+            raise bad_value("nft.old_decay_max", self.old_decay_max, "must be in [0, 1)", "0.5 as the official code")
+
+
 CHUNK_ASSETS = 16  # assets per denoiser pass when several noise levels share one (bounds the graph's memory)
 
 
 class DiffusionNFT(Method):
+    title = "DiffusionNFT"
+    config = NftConfig
     name = "diffusionnft"
     config_field = "nft"
     summary = "forward-process negative-aware finetuning on final samples (DiffusionNFT)"

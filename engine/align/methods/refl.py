@@ -4,14 +4,32 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
+from ..knobs import bad_value, knob
 from ..rollout import GraphPlan
 from .base import Method, kl_to_base, reward_loss
 
 
+@dataclass
+class ReflConfig:
+    """ReFL: reward of the one-step x̂0 from a random late step, its gradient into θ (research/rl-trainers.md §4.1)."""
+
+    first_fraction: float = knob(0.75, "the step is drawn from [first_fraction · N, N - 2]", low=0, open_low=True, high=1,
+                                 sweep=(0.5, 0.75, 0.9))
+    kl: float = knob(0.0, "ε-space pull to the base model (0 = the reference's plain ReFL)", title="KL weight (kl)",
+                     low=0, strength=-1)
+
+    def validate(self, steps: int) -> None:
+        if steps < 3:
+            raise bad_value("steps", steps, "ReFL needs at least 3 sampler steps", "use the default 20")
+
+
 class ReFL(Method):
+    title = "ReFL"
+    config = ReflConfig
     name = "refl"
     config_field = "refl"
     summary = "reward of a one-step x̂0 from a random late step (ReFL)"
