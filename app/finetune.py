@@ -18,7 +18,6 @@ import queue
 import re
 import threading
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,24 +27,17 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from engine.align.config import RunConfig
+from engine.align.knobs import KnobField, knob_fields, scaled_default
 from engine.align.methods import METHODS
 from engine.align.trainer import Trainer
 from engine.generate import load_model
 from engine.prompts import TRAIN_PROMPTS, read_prompts, validate_prompt
-from engine.rewards import list_rewards
+from engine.rewards import list_rewards, reward_span
 
 from .catalogue import catalogue, zip_adapter
 from .curves import read_metrics, read_run_config, reward_figure
 from .sessions import session_dir
 
-METHOD_TITLES = {"nabla-r2d3": "Nabla-R2D3", "refl": "ReFL", "draft": "DRaFT", "alignprop": "AlignProp", "ddpo": "DDPO",
-                 "grpo": "GRPO", "diffusionnft": "DiffusionNFT"}
-# Greek names the papers use, shown beside the config field's own name
-KNOB_TITLES = {"beta": "β (beta)", "reg": "λ (reg)", "strength": "κ (strength)", "k": "K", "kl": "KL weight (kl)"}
-# string knobs whose options config.validate() checks: offered as dropdowns
-KNOB_CHOICES = {("nabla", "adaptive_scaling"): ["squared", "sqrt", "none"], ("nabla", "loss"): ["l2", "l1"],
-                ("nabla", "lookahead"): ["next", "reference"], ("grpo", "std"): ["global", "group"],
-                ("grpo", "average"): ["transition", "sample"]}
 BUILTIN = "built-in training set"
 OWN = "my own list"
 MAX_PROMPTS = 500
@@ -62,84 +54,48 @@ MAX_STEPS = 1000
 # On geometry at lr 1e-4 no method moved visibly within 12 steps. Nabla-R2D3 is one click away in the list.
 DEFAULTS = {"method": "refl", "reward": "colorfulness", "steps": 30, "seed": 0, "lr": 1e-3, "batch_size": 2,
             "sampler_steps": 10, "render_resolution": 64, "sample_every": 5}
-# Nabla-R2D3's beta multiplies the raw reward gradient, so a useful value depends on the reward's units: the
-# engine's default (3e3) leaves the tiny model at the base on every offline reward. The tab sets it per unit of
-# the reward's usual range (``value_range``) instead. Measured with the defaults above (colorfulness, range 110):
-# 3e7 per unit (beta 2.73e5) reached 111 at step 10, as ReFL; 3e6 per unit reached 87. In the shipped
-# comparison's sweeps (checkpoints/runs/) 3e7 and 3e6 tied on geometry and alignment to the 4th digit.
-NABLA_BETA_PER_RANGE = 3e7
 SMOOTH = 5  # steps in the moving average drawn over the live curve (a 2-prompt batch is noisy)
 SAMPLES_HEIGHT = 560  # px: the before | now image (about square), scaled down to fit
 
 
 # ------------------------------------------------------------------------------------ method knobs
 
-@dataclass(frozen=True)
-class Knob:
-    group: str  # the RunConfig field (nabla, draft, ...)
-    name: str
-    type: type
-    default: typing.Any
-    help: str
-
-    @property
-    def param(self) -> str:  # the API parameter name, e.g. nabla_beta
-        return f"{self.group}_{self.name}"
+def title(method: str) -> str:
+    cls = METHODS.get(method)
+    return cls.title if cls else method
 
 
-def _comments(cls) -> dict[str, str]:
-    """Each field's trailing comment in the dataclass source: the engine's own reason for a knob."""
+def method_knobs() -> dict[str, list[KnobField]]:
+    """Method name -> its knobs, as each method declares them (read at each call: methods may be registered later)."""
+    return {name: knob_fields(cls.config, cls.config_field) for name, cls in METHODS.items()}
+
+
+def param(knob: KnobField) -> str:
+    """The API parameter of a knob, e.g. nabla_beta."""
+    return f"{knob.group}_{knob.name}"
+
+
+def reward_default(knob: KnobField, reward: str) -> float | None:
+    """A knob declared per unit of the reward's range (Nabla-R2D3's β) for this reward; None when unknown."""
     try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):
-        return {}
-    return {m[1]: m[2].strip() for m in re.finditer(r"^\s+(\w+): [^=\n]+=[^#\n]+#\s*(.+)$", source, re.M)}
-
-
-def method_knobs() -> dict[str, list[Knob]]:
-    """Method name -> its knobs, read from its config dataclass (defaults from the dataclass)."""
-    out = {}
-    for name, cls in METHODS.items():
-        group = cls.config_field
-        config_cls = typing.get_type_hints(RunConfig)[group]
-        hints, notes, default = typing.get_type_hints(config_cls), _comments(config_cls), config_cls()
-        out[name] = [Knob(group, f.name, hints[f.name], getattr(default, f.name), notes.get(f.name, ""))
-                     for f in dataclasses.fields(config_cls)]
-    return out
-
-
-KNOBS = method_knobs()
-ALL_KNOBS = [k for knobs in KNOBS.values() for k in knobs]
-
-
-BETA_PARAM = "nabla_beta"
-
-
-def nabla_beta_for(reward: str) -> float | None:
-    """Nabla-R2D3's beta for a reward: NABLA_BETA_PER_RANGE over its usual range (3 significant digits);
-    None for a reward this server does not know."""
-    info = {i.name: i for i in list_rewards()}.get(reward)
-    if info is None:
+        return scaled_default(knob, reward_span(reward))
+    except (KeyError, ValueError):
         return None
-    lo, hi = info.value_range
-    return float(f"{NABLA_BETA_PER_RANGE / (hi - lo):.3g}")
 
 
-def _knob_component(knob: Knob, reward: str):
-    label = f"{KNOB_TITLES.get(knob.name, knob.name)}"
-    info = knob.help or None
-    if knob.param == BETA_PARAM:  # follows the chosen reward (see NABLA_BETA_PER_RANGE)
-        return gr.Number(value=nabla_beta_for(reward), label=label,
-                         info=f"set from the reward: {NABLA_BETA_PER_RANGE:.0e} per unit of its usual range; {info}")
+def _knob_component(knob: KnobField, reward: str):
+    info = knob.meta.help or None
+    if knob.meta.per_reward_range is not None:  # follows the chosen reward
+        return gr.Number(value=reward_default(knob, reward), label=knob.title, info=info)
     if knob.type is bool:
-        return gr.Checkbox(value=knob.default, label=label, info=info)
-    if (knob.group, knob.name) in KNOB_CHOICES:
-        return gr.Dropdown(KNOB_CHOICES[knob.group, knob.name], value=knob.default, label=label, info=info)
+        return gr.Checkbox(value=knob.default, label=knob.title, info=info)
+    if knob.meta.choices:
+        return gr.Dropdown(list(knob.meta.choices), value=knob.default, label=knob.title, info=info)
     if knob.type is int:
-        return gr.Number(value=knob.default, precision=0, label=label, info=info)
+        return gr.Number(value=knob.default, precision=0, label=knob.title, info=info)
     if knob.type is float:
-        return gr.Number(value=knob.default, label=label, info=info)
-    return gr.Textbox(value=str(knob.default), label=label, info=info, max_lines=1)
+        return gr.Number(value=knob.default, label=knob.title, info=info)
+    return gr.Textbox(value=str(knob.default), label=knob.title, info=info, max_lines=1)
 
 
 # ------------------------------------------------------------------------------------ rewards, config
@@ -224,18 +180,17 @@ def build_config(values: dict, prompts_file: Path | None) -> RunConfig:
                     prompts=str(prompts_file) if prompts_file else None, model="tiny")
     # the chosen method's knobs only (the others keep their defaults, as config.json records them)
     overrides = []
-    for knob in KNOBS[method]:
-        value = values.get(knob.param, knob.default)
-        label = f"{knob.group}.{knob.name}"
-        if knob.param == BETA_PARAM and (value is None or not str(value).strip()):
-            value = nabla_beta_for(reward)  # not given: the reward's own scale
+    for knob in method_knobs()[method]:
+        value = values.get(param(knob), knob.default)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            if knob.meta.per_reward_range is not None:
+                continue  # not given: RunConfig.validate() sets it from the reward's range
+            raise ValueError(f"{knob.dotted} is empty; its default is {knob.default!r}.")
         if knob.type is bool:
             value = bool(value)
         elif knob.type in (int, float):
-            value = _number(value, label, knob.type)
-        elif value is None or not str(value).strip():
-            raise ValueError(f"{label} is empty; its default is {knob.default!r}.")
-        overrides.append(f"{label}={value}")
+            value = _number(value, knob.dotted, knob.type)
+        overrides.append(f"{knob.dotted}={value}")
     try:
         cfg = cfg.apply_overrides(overrides)
     except ValueError as err:
@@ -316,7 +271,7 @@ def server_status() -> str:
     if job is None:
         return "No finetune is running on this server."
     cfg = job.trainer.config
-    return (f"A finetune is running on this server: {METHOD_TITLES.get(cfg.method, cfg.method)} on {cfg.reward}, "
+    return (f"A finetune is running on this server: {title(cfg.method)} on {cfg.reward}, "
             f"step {job.step}/{job.steps}, started {time.strftime('%H:%M', time.localtime(job.started))}. "
             "Others wait in line (one at a time).")
 
@@ -330,7 +285,7 @@ def shipped_curves(reward: str) -> list[tuple[str, pd.DataFrame, bool]]:
         if entry.kind != "shipped" or read_run_config(entry.run).get("reward") != reward:
             continue
         method = read_run_config(entry.run).get("method", entry.run.name)
-        out.append((f"shipped: {METHOD_TITLES.get(method, method)}", read_metrics(entry.run), True))
+        out.append((f"shipped: {title(method)}", read_metrics(entry.run), True))
     return out
 
 
@@ -338,7 +293,7 @@ def live_figure(frame: pd.DataFrame, cfg: RunConfig, shipped: list) -> go.Figure
     """This run's curve (solid, with a moving average) beside the shipped runs of its reward (dashed) and the
     base level: the reward of step 1, whose rollout the base made (the adapter starts as a no-op)."""
     base = float(frame["reward_mean"].iloc[0]) if len(frame) else None
-    label = f"this run ({METHOD_TITLES.get(cfg.method, cfg.method)})"
+    label = f"this run ({title(cfg.method)})"
     fig = reward_figure([(label, frame, False), *shipped], base_level=base, reward=cfg.reward,
                         title=f"Reward ({cfg.reward}, mean over the batch of {cfg.batch_size})")
     if len(frame) >= 3:
@@ -432,7 +387,7 @@ def _finetune(values: dict, request: gr.Request | None, progress):
     rows: list[dict] = []
     shipped = shipped_curves(cfg.reward)
     table = metrics_table(rows)
-    head = f"Run `{out.name}`: {METHOD_TITLES.get(cfg.method, cfg.method)} on **{cfg.reward}**, {cfg.steps} steps."
+    head = f"Run `{out.name}`: {title(cfg.method)} on **{cfg.reward}**, {cfg.steps} steps."
     first = "Drawing the 'before' samples of 4 fixed prompts, then step 1…" if cfg.sample_every else "Step 1 running…"
     progress((0, cfg.steps), desc=first, unit="steps")
     yield f"{head}\n\n{first}", live_figure(metrics_table(rows), cfg, shipped), None, table, None
@@ -483,45 +438,50 @@ def _signature() -> inspect.Signature:
              "batch_size": DEFAULTS["batch_size"], "sampler_steps": DEFAULTS["sampler_steps"],
              "render_resolution": DEFAULTS["render_resolution"], "sample_every": DEFAULTS["sample_every"]}
     params = [P(name, P.POSITIONAL_OR_KEYWORD, default=fixed[name]) for name in FIXED_PARAMS]
-    params += [P(k.param, P.POSITIONAL_OR_KEYWORD, default=None if k.param == BETA_PARAM else k.default)
-               for k in ALL_KNOBS]
+    params += [P(param(k), P.POSITIONAL_OR_KEYWORD, default=None if k.default is None else k.default)
+               for knobs in method_knobs().values() for k in knobs]
     params += [P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
                P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress())]
     return inspect.Signature(params)
 
 
-SIGNATURE = _signature()
-
-
 def run_finetune(*args, **kwargs):
     """Streams the run: (status, reward figure, before|now samples, per-step metrics table, adapter zip).
     Parameters by name for scripts: the fixed ones, then every method's knobs as <group>_<knob> (e.g.
-    nabla_beta, draft_k, ddpo_clip_range); only the chosen method's are used. nabla_beta left out follows the
-    reward (NABLA_BETA_PER_RANGE per unit of its range)."""
-    bound = SIGNATURE.bind(*args, **kwargs)
+    nabla_beta, draft_k, ddpo_clip_range); only the chosen method's are used. A knob declared per unit of the
+    reward's range (nabla_beta) left out follows the reward."""
+    bound = run_finetune.__signature__.bind(*args, **kwargs)
     bound.apply_defaults()
     values = dict(bound.arguments)
     request, progress = values.pop("request"), values.pop("progress")
     yield from _finetune(values, request, progress)
 
 
-# gradio reads the parameter names (the API's) and the special ones (request, progress) from these
-run_finetune.__signature__ = SIGNATURE
+# gradio reads the parameter names (the API's) and the special ones (request, progress) from these; build_tab
+# renews the signature, so a method registered before the studio is built has its knobs in the API
+run_finetune.__signature__ = _signature()
 run_finetune.__annotations__ = {"request": gr.Request}
 
 
 def on_method_change(method: str, batch_size):
     """Shows the chosen method's knobs only; group methods need batch_size a multiple of their group."""
-    group = getattr(getattr(RunConfig(), METHODS[method].config_field), "group_size", 1) if method in METHODS else 1
+    group = getattr(METHODS[method].config(), "group_size", 1) if method in METHODS else 1
     size = int(batch_size or 1)
     fixed = size if size % group == 0 else group * max(1, math.ceil(size / group))
-    return [gr.update(visible=(m == method)) for m in KNOBS] + [gr.update(value=fixed)]
+    return [gr.update(visible=(m == method)) for m in METHODS] + [gr.update(value=fixed)]
 
 
 def on_reward_change(reward: str):
-    """Nabla-R2D3's beta follows the reward's scale (a reward typed in that cannot run keeps the value)."""
-    beta = nabla_beta_for(reward)
-    return gr.update() if beta is None else gr.update(value=beta)
+    """Knobs declared per unit of the reward's range follow the reward (a reward that cannot run keeps the value)."""
+    updates = []
+    for knob in _reward_scaled_knobs():
+        value = reward_default(knob, reward)
+        updates.append(gr.update() if value is None else gr.update(value=value))
+    return updates
+
+
+def _reward_scaled_knobs() -> list[KnobField]:
+    return [k for knobs in method_knobs().values() for k in knobs if k.meta.per_reward_range is not None]
 
 
 def on_prompt_source(source: str):
@@ -532,10 +492,11 @@ def on_prompt_source(source: str):
 
 def build_tab() -> None:
     """Creates the tab's components and events inside the current gr.Tab."""
+    run_finetune.__signature__ = _signature()  # every method registered by now
     available, _ = reward_status()
     with gr.Row():
         with gr.Column(scale=1):
-            method = gr.Dropdown([(METHOD_TITLES.get(m, m), m) for m in METHODS], value=DEFAULTS["method"], label="Method")
+            method = gr.Dropdown([(title(m), m) for m in METHODS], value=DEFAULTS["method"], label="Method")
             reward = gr.Dropdown(available, value=DEFAULTS["reward"] if DEFAULTS["reward"] in available else available[0],
                                  label="Reward", info="rewards that can run on this server",
                                  allow_custom_value=True)  # so a script naming another gets the reason it cannot run
@@ -555,15 +516,16 @@ def build_tab() -> None:
                 sampler_steps = gr.Slider(4, 50, value=DEFAULTS["sampler_steps"], step=1, label="Sampler steps")
                 render_resolution = gr.Slider(32, 256, value=DEFAULTS["render_resolution"], step=32, label="Reward render resolution (px)")
                 sample_every = gr.Slider(0, 50, value=DEFAULTS["sample_every"], step=1, label="Samples every N steps (0 = off)")
-            knob_inputs, groups = [], []
-            for name, knobs in KNOBS.items():
-                config_cls = type(getattr(RunConfig(), knobs[0].group)) if knobs else None
-                with gr.Accordion(f"{METHOD_TITLES.get(name, name)} settings", open=True,
-                                  visible=(name == DEFAULTS["method"])) as box:
-                    if config_cls is not None and config_cls.__doc__:
-                        gr.Markdown(config_cls.__doc__.strip().splitlines()[0])
+            knob_inputs, groups, scaled = [], [], []
+            for name, knobs in method_knobs().items():
+                with gr.Accordion(f"{title(name)} settings", open=True, visible=(name == DEFAULTS["method"])) as box:
+                    doc = (METHODS[name].config.__doc__ or "").strip()
+                    if doc:
+                        gr.Markdown(doc.splitlines()[0])
                     for knob in knobs:
                         knob_inputs.append(_knob_component(knob, reward.value))
+                        if knob.meta.per_reward_range is not None:
+                            scaled.append(knob_inputs[-1])
                 groups.append(box)
             with gr.Row():
                 start = gr.Button("Start", variant="primary")
@@ -582,8 +544,8 @@ def build_tab() -> None:
     inputs = [method, reward, steps, prompt_source, prompts, seed, lr, batch_size, sampler_steps, render_resolution,
               sample_every, *knob_inputs]
     method.change(on_method_change, [method, batch_size], [*groups, batch_size], queue=False, api_visibility="private")
-    beta = knob_inputs[[k.param for k in ALL_KNOBS].index(BETA_PARAM)]
-    reward.change(on_reward_change, reward, beta, queue=False, api_visibility="private")
+    if scaled:
+        reward.change(on_reward_change, reward, scaled, queue=False, api_visibility="private")
     prompt_source.change(on_prompt_source, prompt_source, prompts, queue=False, api_visibility="private")
     start.click(note_waiting, None, None, queue=False, api_visibility="private")
     start.click(run_finetune, inputs, [status, plot, samples, table, zipped], api_name="finetune",

@@ -1,6 +1,7 @@
 """The Finetune tab through gradio_client against a served studio: a 2-step run that streams its metric
 rows and saves a loadable adapter (listed for Generate at once), Stop mid-run, and bad inputs."""
 
+import inspect
 import json
 import time
 import types
@@ -109,30 +110,33 @@ def test_bad_inputs_get_clear_messages(studio, kwargs, message):
     assert not list(studio.runs.glob("*-grpo-*")) and not list(studio.runs.glob("*-draft-*"))  # nothing was made
 
 
-def test_method_knobs_come_from_the_engine_config():
+def test_method_knobs_come_from_the_methods_declarations():
     from app import finetune
     from engine.align.config import RunConfig
     from engine.align.methods import METHODS
 
-    assert list(finetune.KNOBS) == list(METHODS)
-    knobs = {k.param: k for k in finetune.ALL_KNOBS}
-    assert knobs["nabla_beta"].default == RunConfig().nabla.beta and knobs["nabla_reg"].default == RunConfig().nabla.reg
-    assert knobs["ddpo_clip_range"].default == RunConfig().ddpo.clip_range and knobs["draft_k"].default == 1
-    assert "reward temperature" in knobs["nabla_beta"].help
+    assert list(finetune.method_knobs()) == list(METHODS)
+    knobs = {finetune.param(k): k for ks in finetune.method_knobs().values() for k in ks}
+    assert knobs["nabla_reg"].default == RunConfig().nabla.reg and knobs["draft_k"].default == 1
+    assert knobs["ddpo_clip_range"].default == RunConfig().ddpo.clip_range
+    assert "reward temperature" in knobs["nabla_beta"].meta.help and knobs["nabla_beta"].title == "β (beta)"
+    assert knobs["grpo_std"].meta.choices == ("global", "group")  # a dropdown, from the declaration
+    assert set(inspect.signature(finetune.run_finetune).parameters) >= set(knobs)  # every knob is an API parameter
     updates = finetune.on_method_change("grpo", 2)
     assert [u["visible"] for u in updates[:-1]] == [m == "grpo" for m in METHODS] and updates[-1]["value"] == 4
 
 
 def test_nabla_beta_follows_the_reward_scale():
-    """The engine's beta (3e3) leaves the tiny model at the base; the tab's is 3e7 per unit of the reward's
-    range, unless the user sets one."""
+    """β is declared per unit of the reward's usual range (3e7, engine/align/methods/nabla.py): the tab shows the
+    chosen reward's value, and an API call that leaves it out gets the same from RunConfig.validate()."""
     from app import finetune
 
-    assert finetune.nabla_beta_for("colorfulness") == 2.73e5 and finetune.nabla_beta_for("geometry") == 3e7
-    assert finetune.nabla_beta_for("alignment") == 5e7 and finetune.nabla_beta_for("no-such") is None
-    assert finetune.on_reward_change("colorfulness")["value"] == 2.73e5
-    assert "value" not in finetune.on_reward_change("no-such")  # a reward typed in: the value is kept
-    bound = finetune.SIGNATURE.bind(method="nabla-r2d3", reward="colorfulness")
+    beta = {finetune.param(k): k for ks in finetune.method_knobs().values() for k in ks}["nabla_beta"]
+    assert finetune.reward_default(beta, "colorfulness") == 2.73e5 and finetune.reward_default(beta, "geometry") == 3e7
+    assert finetune.reward_default(beta, "alignment") == 5e7 and finetune.reward_default(beta, "no-such") is None
+    assert finetune.on_reward_change("colorfulness")[0]["value"] == 2.73e5
+    assert "value" not in finetune.on_reward_change("no-such")[0]  # a reward typed in: the value is kept
+    bound = inspect.signature(finetune.run_finetune).bind(method="nabla-r2d3", reward="colorfulness")
     bound.apply_defaults()
     values = {k: v for k, v in bound.arguments.items() if k not in ("request", "progress")}
     assert finetune.build_config(values, None).nabla.beta == 2.73e5  # an API call without nabla_beta

@@ -92,7 +92,7 @@ def check_knobs(config, group: str) -> None:
         if k.type is bool and not isinstance(value, bool):
             raise bad_value(k.dotted, value, "must be true or false", f"the default is {k.default!r}{about}")
         if k.type in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise bad_value(k.dotted, value, f"must be a number", f"the default is {k.default!r}{about}")
+            raise bad_value(k.dotted, value, "must be a number", f"the default is {k.default!r}{about}")
         if k.type is int and isinstance(value, float) and not value.is_integer():
             raise bad_value(k.dotted, value, "must be a whole number", f"the default is {k.default!r}")
         if m.choices is not None and value not in m.choices:
@@ -118,8 +118,13 @@ def reward_scaled(config, group: str, span: float | None) -> dict[str, float]:
             if not span:
                 raise bad_value(k.dotted, None, "has no default for this reward (its usual range is unknown)",
                                 f"set it, e.g. --set {k.dotted}=1e3")
-            out[k.name] = float(f"{k.meta.per_reward_range / span:.3g}")
+            out[k.name] = scaled_default(k, span)
     return out
+
+
+def scaled_default(k: KnobField, span: float) -> float:
+    """A per-reward-range knob's value for a reward whose usual range is ``span`` (3 significant digits)."""
+    return float(f"{k.meta.per_reward_range / span:.3g}")
 
 
 def strength_knob(config_cls: type, group: str) -> KnobField | None:
