@@ -1,7 +1,7 @@
 """Finetune tab: train a LoRA on the tiny base with any registered method and reward, live.
 
 One finetune at a time per server: the event runs with ``concurrency_limit=1`` (gradio's queue shows the
-people waiting their position), and ``_LOCK`` guards the trainer itself. Each job trains its own freshly
+people waiting their position), and the board's slot (app/jobs.py) guards the trainer itself. Each job trains its own freshly
 loaded base, so generation (the catalogue's shared Pool model) stays usable meanwhile. The trainer runs in
 a thread of its own and the event's generator only watches it: if the page closes mid-run the generator is
 dropped, asks the trainer to stop, and the thread still ends the step, saves the run folder and frees the
@@ -14,11 +14,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-import queue
 import re
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
@@ -36,6 +33,7 @@ from engine.rewards import list_rewards, reward_span
 
 from .catalogue import catalogue, zip_adapter
 from .curves import read_metrics, read_run_config, reward_figure
+from .jobs import Job, JobBoard
 from .sessions import session_dir
 
 BUILTIN = "built-in training set"
@@ -200,26 +198,7 @@ def build_config(values: dict, prompts_file: Path | None) -> RunConfig:
 
 # ------------------------------------------------------------------------------------ the running job
 
-@dataclass
-class Job:
-    """The finetune in progress (at most one per server)."""
-
-    trainer: Trainer
-    out: Path
-    session: str | None
-    steps: int
-    events: queue.Queue = field(default_factory=queue.Queue)  # ("step", metrics) | ("error", exc) | ("done", None)
-    thread: threading.Thread | None = None
-    started: float = field(default_factory=time.time)
-    step: int = 0
-    reward: float | None = None
-
-
-_LOCK = threading.Lock()  # held from the trainer's construction to its last save, released by its thread
-_JOB: Job | None = None
-_WAITING: dict[str, int] = {}  # session -> Start clicks waiting in the queue (for Stop before the start)
-_CANCELLED: set[str] = set()  # sessions whose waiting job is to end as soon as it starts
-_STATE = threading.Lock()  # guards the three above
+JOBS = JobBoard("finetune", one_at_a_time=True)  # a job's info: trainer, out, steps, step, reward
 
 
 def _session(request: gr.Request | None) -> str | None:
@@ -227,52 +206,36 @@ def _session(request: gr.Request | None) -> str | None:
 
 
 def _train(job: Job) -> None:
-    """The training thread: every step into the job's queue; the lock is released when the run is saved."""
-    global _JOB
-    try:
-        for metrics in job.trainer.run():  # run() saves checkpoint + adapter on the way out (end or stop)
-            job.step, job.reward = metrics["step"], metrics["reward_mean"]
-            job.events.put(("step", metrics))
-        job.events.put(("done", None))
-    except BaseException as err:  # noqa: BLE001 - reported to the page; the lock must be freed regardless
-        job.events.put(("error", err))
-    finally:
-        with _STATE:
-            _JOB = None
-        _LOCK.release()
+    """The training thread: every step into the job's events (run() saves checkpoint + adapter on the way out)."""
+    for metrics in job.info["trainer"].run():
+        job.info.update(step=metrics["step"], reward=metrics["reward_mean"])
+        job.put("step", metrics)
 
 
 def note_waiting(request: gr.Request = None):
     """Runs (unqueued) beside each Start click, so Stop can also withdraw a job still in the line."""
-    session = _session(request)
-    if session:
-        with _STATE:
-            _WAITING[session] = _WAITING.get(session, 0) + 1
-            _CANCELLED.discard(session)
+    JOBS.note_waiting(_session(request))
 
 
 def stop_finetune(request: gr.Request = None) -> str:
     """Ends this session's finetune after its current step (the run folder is saved and resumable)."""
-    session = _session(request)
-    with _STATE:
-        job = _JOB
-        if job is not None and job.session == session:
-            job.trainer.request_stop()
-            return f"Stopping after step {job.step + 1}/{job.steps}; the run is being saved to `{job.out}`."
-        if session and _WAITING.get(session):
-            _CANCELLED.add(session)
-            return "Your finetune was still waiting in line; it is withdrawn."
-    return "No finetune of yours is running." + (" (Another session's is: only it can stop it.)" if job else "")
+    mine, withdrew = JOBS.stop(_session(request))
+    if mine:
+        job = mine[0]
+        return f"Stopping after step {job.info['step'] + 1}/{job.info['steps']}; the run is being saved to `{job.info['out']}`."
+    if withdrew:
+        return "Your finetune was still waiting in line; it is withdrawn."
+    return "No finetune of yours is running." + (" (Another session's is: only it can stop it.)" if JOBS.current() else "")
 
 
 def server_status() -> str:
     """One line about the server's finetune, for the people waiting."""
-    job = _JOB
+    job = JOBS.current()
     if job is None:
         return "No finetune is running on this server."
-    cfg = job.trainer.config
+    cfg = job.info["trainer"].config
     return (f"A finetune is running on this server: {title(cfg.method)} on {cfg.reward}, "
-            f"step {job.step}/{job.steps}, started {time.strftime('%H:%M', time.localtime(job.started))}. "
+            f"step {job.info['step']}/{job.info['steps']}, started {time.strftime('%H:%M', time.localtime(job.started))}. "
             "Others wait in line (one at a time).")
 
 
@@ -336,15 +299,10 @@ FIXED_PARAMS = ["method", "reward", "steps", "prompt_source", "prompts", "seed",
 
 
 def _finetune(values: dict, request: gr.Request | None, progress):
-    global _JOB
     session = _session(request)
-    with _STATE:
-        if session and _WAITING.get(session):
-            _WAITING[session] -= 1
-        if session in _CANCELLED:
-            _CANCELLED.discard(session)
-            yield "Withdrawn before it started (Stop).", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            return
+    if not JOBS.take_turn(session):
+        yield "Withdrawn before it started (Stop).", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return
     work = session_dir(request, "finetune")
     try:
         prompts_file = None
@@ -357,7 +315,7 @@ def _finetune(values: dict, request: gr.Request | None, progress):
         raise gr.Error(str(err)) from err
 
     # the previous job's thread may still be saving after its page closed: wait for it, not fail
-    while not _LOCK.acquire(timeout=1.0):
+    while not JOBS.wait_for_slot(timeout=1.0):
         yield "Waiting for the previous finetune to save its run folder…", gr.skip(), gr.skip(), gr.skip(), gr.skip()
     started = False
     try:
@@ -374,15 +332,13 @@ def _finetune(values: dict, request: gr.Request | None, progress):
             trainer = Trainer(cfg, out, model=load_model("tiny"))
         except (ValueError, FileNotFoundError) as err:
             raise gr.Error(str(err)) from err
-        job = Job(trainer, out, session, cfg.steps)
-        job.thread = threading.Thread(target=_train, args=(job,), name=f"finetune-{out.name}", daemon=True)
-        with _STATE:
-            _JOB = job
-        job.thread.start()
-        started = True  # from here the thread owns the lock
+        job = Job(out.name, session, on_stop=trainer.request_stop,
+                  info={"trainer": trainer, "out": out, "steps": cfg.steps, "step": 0, "reward": None})
+        JOBS.start(job, _train)
+        started = True  # from here the job's thread holds the slot
     finally:
         if not started:
-            _LOCK.release()
+            JOBS.release_slot()
 
     rows: list[dict] = []
     shipped = shipped_curves(cfg.reward)
@@ -393,8 +349,7 @@ def _finetune(values: dict, request: gr.Request | None, progress):
     yield f"{head}\n\n{first}", live_figure(metrics_table(rows), cfg, shipped), None, table, None
     finished = False
     try:
-        while True:
-            kind, item = job.events.get()
+        for kind, item in job.follow():
             if kind == "error":
                 raise gr.Error(f"The run stopped: {item}. What was saved is in {out}.")
             if kind == "done":
@@ -413,11 +368,11 @@ def _finetune(values: dict, request: gr.Request | None, progress):
             yield status, live_figure(frame, cfg, shipped), before_now(out, work), frame, gr.skip()
     finally:
         if not finished and job.thread.is_alive():
-            job.trainer.request_stop()  # the page went away: end after this step, the thread saves the run
+            job.request_stop()  # the page went away: end after this step, the thread saves the run
     job.thread.join()
     entry = catalogue().get(f"run: {out.name}")
     zipped = str(zip_adapter(entry, work))
-    done = job.trainer.step
+    done = trainer.step
     how = "finished" if done >= cfg.steps else f"stopped at step {done}/{cfg.steps}"
     frame = metrics_table(rows)
     trend = ""

@@ -45,6 +45,7 @@ from engine.align.theory.targets import distances
 
 from .curves import PALETTE
 from .finetune import title
+from .jobs import Job, JobBoard
 
 POOL = 40_000  # base samples: p_ref's contours, and the target's resampling pool (mixture, ring, corner)
 TARGET_SAMPLES = 16_384  # cheap (drawn or resampled once per world), and p*'s contours need them
@@ -425,39 +426,23 @@ def stream(world: str = DEFAULTS["world"], reward: str = DEFAULTS["reward"], met
 
 # ------------------------------------------------------------------------------------ the handlers
 
-_STOPS: dict[str | None, set[threading.Event]] = {}  # session -> its running streams' stop flags
-_STATE = threading.Lock()
+JOBS = JobBoard("theory")  # several at once (each on one thread); one session's Stop ends its own
 
 
 def run_theory(world, reward, methods, beta, steps, request: gr.Request = None):
     """Streams (figure, status) of the chosen methods on the world; Stop ends it."""
-    session = getattr(request, "session_hash", None)
-    flag = threading.Event()
-    with _STATE:
-        _STOPS.setdefault(session, set()).add(flag)
-    try:
-        yield from stream(world, reward, methods, beta, steps, stop=flag)
-    finally:
-        with _STATE:
-            flags = _STOPS.get(session, set())
-            flags.discard(flag)
-            if not flags:
-                _STOPS.pop(session, None)
+    with JOBS.track(Job("theory", getattr(request, "session_hash", None))) as job:
+        yield from stream(world, reward, methods, beta, steps, stop=job.stop_flag)
 
 
 def stop_theory(request: gr.Request = None) -> str:
     """Ends this session's theory runs after their current update."""
-    session = getattr(request, "session_hash", None)
-    with _STATE:
-        flags = list(_STOPS.get(session, ()))
-    for flag in flags:
-        flag.set()
-    return "Stopping…" if flags else "No theory run of yours is running."
+    mine, _ = JOBS.stop(getattr(request, "session_hash", None))
+    return "Stopping…" if mine else "No theory run of yours is running."
 
 
 def _running(request) -> bool:
-    with _STATE:
-        return bool(_STOPS.get(getattr(request, "session_hash", None)))
+    return bool(JOBS.running(getattr(request, "session_hash", None)))
 
 
 def preview(world, reward, beta, request: gr.Request = None):

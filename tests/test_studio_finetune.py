@@ -66,7 +66,7 @@ def test_two_step_finetune_streams_rows_and_saves_a_loadable_adapter(studio):
     before = iio.imread(run / "samples" / "step_0000.png")
     assert iio.imread(samples).shape[1] == 2 * before.shape[1] + 8
     assert figure is not None
-    assert not finetune._LOCK.locked() and finetune._JOB is None
+    assert not finetune.JOBS.busy and finetune.JOBS.current() is None
     print(f"2-step finetune through the API: {seconds:.1f} s")
 
 
@@ -90,7 +90,7 @@ def test_stop_mid_run_saves_a_resumable_run(studio):
     run = next(studio.runs.glob("*-refl-geometry"))
     assert json.loads((run / "checkpoint" / "trainer.json").read_text())["step"] == done < 50
     assert len((run / "metrics.csv").read_text().splitlines()) == done + 1
-    assert not finetune._LOCK.locked()
+    assert not finetune.JOBS.busy
     assert "No finetune of yours" in studio.client.predict(api_name="/stop_finetune")
 
 
@@ -153,11 +153,11 @@ def test_a_closed_page_ends_the_run_saved_and_frees_the_server(tmp_path):
         gen = finetune.run_finetune(method="refl", steps=50, sample_every=0, prompt_source=finetune.OWN,
                                     prompts="a red chair\n\n# a comment\na blue car", **TINY)
         next(update for update in gen if len(update[3]))  # the first metric row (the first yield has none)
-        job = finetune._JOB
+        job = finetune.JOBS.current()
         gen.close()  # what dropping the event does
         job.thread.join(timeout=120)
-        assert not job.thread.is_alive() and not finetune._LOCK.locked() and finetune._JOB is None
-        run = job.out
+        assert not job.thread.is_alive() and not finetune.JOBS.busy and finetune.JOBS.current() is None
+        run = job.info["out"]
         step = json.loads((run / "checkpoint" / "trainer.json").read_text())["step"]
         assert 1 <= step < 50 and (run / "adapter" / "adapter_model.safetensors").is_file()
         config = json.loads((run / "config.json").read_text())

@@ -204,7 +204,7 @@ def test_handlers_stop_only_this_sessions_stream():
     assert theory.stop_theory(me) == "Stopping…"
     *_, (_, status) = mine
     assert "**stopped** at step" in status
-    assert "me" not in theory._STOPS
+    assert not theory.JOBS.running("me")
 
 
 def test_the_world_is_built_once_per_setting_and_the_window_holds_base_and_target():
