@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from engine.core.io import scratch_folder
 from engine.generate import load_model
 from engine.models import lora
 
@@ -105,10 +106,7 @@ class Catalogue:
         if not files:
             raise ValueError("No files: upload adapter_config.json and adapter_model.safetensors, or a .zip of them.")
         name = _upload_name(name or (files[0].stem if len(files) == 1 and files[0].suffix == ".zip" else "adapter"))
-        self.uploads_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.uploads_dir / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.mkdir()
-        try:
+        with scratch_folder(self.uploads_dir / name) as tmp:
             if len(files) == 1 and files[0].suffix.lower() == ".zip":
                 _unzip_adapter(files[0], tmp)
             else:
@@ -119,8 +117,6 @@ class Catalogue:
             while target.exists():  # never overwrite an earlier upload
                 target, n = self.uploads_dir / f"{name}-{n}", n + 1
             tmp.rename(target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         return self.get(f"upload: {target.name}")
 
 

@@ -38,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from engine.core.cameras import evaluation_views  # noqa: E402
+from engine.core.io import atomic_save  # noqa: E402
 from engine.data.primitives import Scene  # noqa: E402
 from engine.data.raycast import raycast_views, splatter_maps  # noqa: E402
 from engine.data.world import HELD_OUT, ObjectSpec, build, parse  # noqa: E402
@@ -231,9 +232,7 @@ def write_sheet(rows: list[torch.Tensor], prompts: list[str], path: str) -> None
             arr = (img.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype("uint8")
             sheet.paste(Image.fromarray(arr), (label_w + c * w, r * h))
         draw.text((6, r * h + h // 2 - 6), prompt, fill="black")
-    tmp = Path(path).with_suffix(".tmp.png")
-    sheet.save(tmp)
-    os.replace(tmp, path)
+    atomic_save(path, sheet.save)
 
 
 if __name__ == "__main__":

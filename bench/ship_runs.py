@@ -23,10 +23,14 @@ import argparse
 import json
 import re
 import shutil
-import uuid
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.core.io import building_folder  # noqa: E402
+
 DEFAULT_TO = ROOT / "checkpoints" / "runs"
 RUN_CSVS = ("config.json", "metrics.csv", "eval.csv")
 PLOTLY_JS = "plotly.min.js"
@@ -86,10 +90,7 @@ def ship(comparison: Path, to: Path = DEFAULT_TO, name: str | None = None, force
     if not runs:
         raise ShipError(f"{comparison} has no finished run with an adapter; nothing to ship.")
 
-    to.mkdir(parents=True, exist_ok=True)
-    tmp = to / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        tmp.mkdir()
+    with building_folder(dest) as tmp:
         for item in ("report.md", "summary.csv", "comparison.json"):
             shutil.copy2(comparison / item, tmp / item)
         for item in ("chosen.json", "sweep.csv"):
@@ -115,18 +116,6 @@ def ship(comparison: Path, to: Path = DEFAULT_TO, name: str | None = None, force
                           dst, adapter=k == 0)
         if (comparison / "samples.png").exists():
             shutil.copy2(comparison / "samples.png", tmp / "samples.png")
-        old = to / f".{name}.old-{uuid.uuid4().hex[:8]}"
-        if dest.exists():
-            dest.rename(old)
-        try:
-            tmp.rename(dest)
-        except OSError:
-            if old.exists():
-                old.rename(dest)  # the old runs back in place
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -8,7 +8,6 @@ exporter drops such rows).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from .core.gaussians import (
     scale_to_log,
     sh_dc_to_rgb,
 )
+from .core.io import atomic_write_bytes
 
 FORMATS = {".ply": "ply", ".splat": "splat"}
 PLY_REQUIRED = ["x", "y", "z", "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
@@ -35,16 +35,7 @@ def _single(gaussians: Gaussians) -> Gaussians:
     return gaussians
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_atomic_write = atomic_write_bytes  # the name engine.mesh imports
 
 
 def splat_bytes(gaussians: Gaussians, format: str = "ply", opacity_threshold: float = 0.0) -> bytes:

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from .core.cameras import DIFFSPLAT_ELEVATION, DIFFSPLAT_RADIUS, turntable
 from .core.gaussians import Gaussians
+from .core.io import atomic_save
 from .render import RenderOutput, RenderSettings, render
 
 
@@ -78,14 +79,14 @@ def write_video(frames: list[np.ndarray], path: str | os.PathLike, fps: int = 30
         raise ValueError(f"Videos are written as .mp4 or .gif, not {suffix!r}.")
     if not frames:
         raise ValueError("No frames to write.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{suffix}")
-    if suffix == ".mp4":
-        iio.imwrite(tmp, np.stack(frames), fps=fps, codec="libx264", macro_block_size=8, plugin="pyav" if _has_pyav() else None)
-    else:
-        iio.imwrite(tmp, np.stack(frames), duration=1000 / fps, loop=0)
-    os.replace(tmp, path)
-    return path
+
+    def write(tmp: Path) -> None:
+        if suffix == ".mp4":
+            iio.imwrite(tmp, np.stack(frames), fps=fps, codec="libx264", macro_block_size=8, plugin="pyav" if _has_pyav() else None)
+        else:
+            iio.imwrite(tmp, np.stack(frames), duration=1000 / fps, loop=0)
+
+    return atomic_save(path, write)
 
 
 def _has_pyav() -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -29,9 +28,10 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from .core.io import atomic_write_text
 from .core.sampling import make_scheduler
 from .core.text import default_text_encoder
-from .data.dataset import atomic_save, build_chunks, load_chunks, load_specs
+from .data.dataset import build_chunks, load_chunks, load_specs, save_tensors
 from .data.world import ObjectSpec, caption
 from .evaluator import Evaluator, evaluator_captions, train_evaluator_step
 from .models.splatter_ae import SplatterAutoencoder
@@ -122,7 +122,7 @@ def _step_seed(seed: int, stream: int, step: int) -> int:
 
 
 def _save_state(path: Path, tensors: dict, meta: dict) -> None:
-    atomic_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path, {"meta": json.dumps(meta)})
+    save_tensors({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, path, {"meta": json.dumps(meta)})
 
 
 def _load_state(path: Path) -> tuple[dict, dict] | None:
@@ -252,7 +252,7 @@ def stage_latents(cfg: TrainBaseConfig, work: Path, ae: SplatterAutoencoder, dev
         for i in tqdm(range(0, len(maps), 64), desc="latents", mininterval=5):
             lat.append(ae.encode(maps[i : i + 64].flatten(0, 1).float().to(device))[0].cpu())
     lat = torch.cat(lat).reshape(len(maps), 4, *lat[0].shape[1:])
-    atomic_save({"latents": lat}, out)
+    save_tensors({"latents": lat}, out)
 
 
 def load_latents(work: Path) -> tuple[torch.Tensor, list[float], list[float], list[ObjectSpec]]:
@@ -429,9 +429,7 @@ def main(argv=None) -> None:
     if args.snapshot:
         print(json.dumps({"snapshot": str(args.snapshot), "diffusion_step": export_snapshot(cfg, args.work, args.snapshot)}))
         return
-    args.work.mkdir(parents=True, exist_ok=True)
-    saved.with_suffix(".tmp").write_text(json.dumps(asdict(cfg), indent=2))
-    os.replace(saved.with_suffix(".tmp"), saved)
+    atomic_write_text(saved, json.dumps(asdict(cfg), indent=2))
     run = lambda s: args.stage in ("all", s)  # noqa: E731
     t0 = time.time()
     if run("data"):

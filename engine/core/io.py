@@ -3,18 +3,20 @@
 A file is written to a temporary name beside its target and renamed over it (``os.replace`` is atomic on
 one file system). A folder is built under a temporary name and swapped in; the old one is kept under a
 third name until the new one is in place, so a crash between the renames leaves one complete folder.
+Weights are fingerprinted by one function, ``tensors_digest``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -48,25 +50,46 @@ def atomic_save(path: str | Path, write: Callable[[Path], object]) -> Path:
 
 
 @contextlib.contextmanager
-def building_folder(dest: str | Path) -> Iterator[Path]:
-    """``with building_folder(dest) as tmp:`` fill ``tmp``; on success it replaces ``dest`` (see swap_folder),
-    on an exception it is removed and ``dest`` is untouched."""
+def scratch_folder(dest: str | Path) -> Iterator[Path]:
+    """``with scratch_folder(dest) as tmp:`` a new empty folder beside ``dest`` (``.<name>.tmp-<random>``), removed
+    on leaving unless it was moved away (e.g. renamed to ``dest``) inside the block."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
         yield tmp
-        swap_folder(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def swap_folder(new: str | Path, dest: str | Path) -> None:
-    """Puts the complete folder ``new`` at ``dest``: the old ``dest`` moves aside first and is removed last."""
+@contextlib.contextmanager
+def building_folder(dest: str | Path, *, tmp: str | Path | None = None, old: str | Path | None = None) -> Iterator[Path]:
+    """``with building_folder(dest) as tmp:`` fill ``tmp``; on success it replaces ``dest`` (see swap_folder),
+    on an exception it is removed and ``dest`` is untouched. ``tmp``, ``old``: fixed names for the folder being
+    built and the previous one (a reader can then find them after a crash); a stale ``tmp`` is removed first."""
+    if tmp is None:
+        with scratch_folder(dest) as scratch:
+            yield scratch
+            swap_folder(scratch, dest, old=old)
+        return
+    tmp = Path(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        swap_folder(tmp, dest, old=old)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_folder(new: str | Path, dest: str | Path, *, old: str | Path | None = None) -> None:
+    """Puts the complete folder ``new`` at ``dest``: the old ``dest`` moves aside first (to ``old``, replacing
+    whatever is there; default a random hidden name) and is removed last."""
     new, dest = Path(new), Path(dest)
-    old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+    old = Path(old) if old is not None else dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
     if dest.exists():
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(dest, old)
     try:
         os.replace(new, dest)
@@ -75,3 +98,21 @@ def swap_folder(new: str | Path, dest: str | Path) -> None:
             os.replace(old, dest)  # put the previous folder back
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def tensors_digest(named: Iterable[tuple[str, object]], *, bf16: bool = False, header: str = "{name}:{dtype}:{shape};") -> str:
+    """SHA-256 (hex) of named tensors, in the order given: per tensor ``header`` (``name``, ``dtype``, ``shape`` as
+    a list) then its bytes. ``bf16``: floating tensors are rounded to bf16 and hashed as int16 first, so the fp32,
+    fp16 and bf16 copies of one checkpoint agree. (The header is a parameter only because stored fingerprints
+    were made with two orders: engine.models.lora.base_fingerprint's and engine.align.evaluate's.)"""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, t in named:
+        t = t.detach()
+        if bf16 and t.is_floating_point():
+            t = t.to(torch.bfloat16).view(torch.int16)
+        t = t.cpu().contiguous()
+        digest.update(header.format(name=name, dtype=t.dtype, shape=list(t.shape)).encode())
+        digest.update((t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return digest.hexdigest()

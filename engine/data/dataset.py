@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..core.cameras import canonical_views, random_views
+from ..core.io import atomic_save
 from .primitives import Scene
 from .raycast import raycast_views, splatter_maps
 from .world import ObjectSpec, build, sample_spec
@@ -18,10 +18,9 @@ from .world import ObjectSpec, build, sample_spec
 CHUNK = 500
 
 
-def atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+def save_tensors(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """A safetensors file, written atomically."""
+    atomic_save(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def splatter_chunk(specs: list[ObjectSpec], resolution: int) -> torch.Tensor:
@@ -50,7 +49,7 @@ def build_chunks(folder: Path, kind: str, count: int, seed_base: int, split: str
             specs = [sample_spec(seed_base + i, split) for i in range(k, min(k + CHUNK, count))]
             data = splatter_chunk(specs, resolution) if kind == "maps" else image_chunk(specs, resolution, seed_base + k)
             (folder / f"{kind}_{k // CHUNK:04d}.json").write_text(json.dumps([asdict(s) for s in specs]))
-            atomic_save({kind: data}, path)
+            save_tensors({kind: data}, path)
         if progress:
             progress(min(k + CHUNK, count), count)
 

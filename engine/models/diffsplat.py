@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ from diffusers import AutoencoderKL, PixArtTransformer2DModel, UNet2DConditionMo
 from torch import Tensor
 
 from ..core.cameras import canonical_views, diffsplat_plucker
+from ..core.io import atomic_save
 from ..core.sampling import BETAS, SD15_BETAS
 from .base import Condition, SplatDiffusionModel
 from .multiview import set_multiview_attention
@@ -300,14 +299,8 @@ def cache_prompts(encoder, prompts: list[str], path: str | Path, model: str = ""
 
     prompts = list(dict.fromkeys([""] + list(prompts)))
     cond = encoder(prompts)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file({"embeds": cond.embeds.to(dtype).contiguous().cpu(), "mask": cond.mask.contiguous().cpu()}, tmp,
-              metadata={"prompts": json.dumps(prompts), "model": model})
-    os.replace(tmp, path)
-    return path
+    tensors = {"embeds": cond.embeds.to(dtype).contiguous().cpu(), "mask": cond.mask.contiguous().cpu()}
+    return atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"prompts": json.dumps(prompts), "model": model}))
 
 
 def find_text_encoder(release: Release, text_encoder: str | Path | None) -> Path:

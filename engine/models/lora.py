@@ -25,11 +25,7 @@ each module path). What they hit:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import os
-import shutil
-import uuid
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +43,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from ..core.io import building_folder, tensors_digest
 from .diffsplat import check_tensors, safetensors_header
 
 DEFAULT_TARGETS: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
@@ -268,14 +265,7 @@ def base_fingerprint(model) -> str:
     cached = getattr(denoiser, "_r2d3_fingerprint", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    digest = hashlib.sha256()
-    for n, t in tensors:
-        t = t.detach()
-        if t.is_floating_point():
-            t = t.to(torch.bfloat16).view(torch.int16)
-        digest.update(f"{n}:{list(t.shape)}:{t.dtype};".encode())
-        digest.update(t.cpu().contiguous().numpy().tobytes())
-    fingerprint = digest.hexdigest()[:16]
+    fingerprint = tensors_digest(tensors, bf16=True, header="{name}:{shape}:{dtype};")[:16]
     denoiser._r2d3_fingerprint = (key, fingerprint)
     return fingerprint
 
@@ -306,20 +296,11 @@ def save_adapter(model, folder, *, name: str = "default", meta: dict | None = No
         json.dumps(info)
     except TypeError as err:
         raise ValueError(f"meta must be JSON data (numbers, strings, lists, dicts): {err}") from err
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
+    with building_folder(folder) as tmp:
         config.save_pretrained(str(tmp))
         save_file({PEFT_PREFIX + k: v.cpu().contiguous() for k, v in adapter_state(model, name).items()}, str(tmp / WEIGHTS_FILE),
                   metadata={"format": "pt"})
         _write_json(tmp / INFO_FILE, info)
-        old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
