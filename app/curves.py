@@ -6,11 +6,12 @@ against ``step`` or ``wall_seconds``. Shipped runs are drawn dashed, the base mo
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
+
+from engine.align.run_folder import RunFolder
 
 X_AXES = {"step": "optimiser step", "wall_seconds": "wall time (s)"}
 PALETTE = ("#e4572e", "#17bebb", "#4c6ef5", "#f2a541", "#76b041", "#9c36b5", "#495057", "#d6336c")
@@ -18,15 +19,16 @@ PALETTE = ("#e4572e", "#17bebb", "#4c6ef5", "#f2a541", "#76b041", "#9c36b5", "#4
 
 def read_metrics(run: str | Path) -> pd.DataFrame:
     """A run folder's metrics.csv (empty frame when it has no rows yet)."""
-    path = Path(run) / "metrics.csv"
+    path = RunFolder(run).metrics_file
     if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=["step", "wall_seconds", "reward_mean"])
     return pd.read_csv(path)
 
 
 def read_run_config(run: str | Path) -> dict:
+    """A run folder's config.json as plain JSON ({} when it cannot be read)."""
     try:
-        return json.loads((Path(run) / "config.json").read_text())
+        return RunFolder(run).config_dict()
     except (OSError, ValueError):
         return {}
 

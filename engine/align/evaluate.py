@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from torch import Tensor
 from torch.nn.functional import normalize
 
 from ..core.cameras import evaluation_views
+from ..core.io import atomic_save, tensors_digest
 from ..data.world import parse
 from ..evaluator import DEFAULT_EVALUATOR, load_evaluator
 from ..generate import generate, load_model
@@ -53,6 +53,7 @@ from ..prompts import EVAL_PROMPTS, read_prompts, validate_prompt
 from ..render import render
 from ..rewards import REWARDS, build_reward, list_rewards, score_assets
 from .config import RunConfig
+from .run_folder import RunFolder
 
 DEFAULT_REWARDS = ("geometry", "alignment", "colorfulness")
 FIXED_METRICS = ("alignment", "category_acc", "color_acc", "kid_vs_base", "diversity", "dnc", "seconds_per_asset", "assets")
@@ -222,14 +223,8 @@ class RunEvaluator:
 def _weights_digest(module: torch.nn.Module) -> str:
     """SHA-256 of a module's base weights as they are (all of them: denoiser, decoder, ...; LoRA weights left out,
     peft's ``base_layer`` wrapping ignored)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        if "lora_" in name:
-            continue
-        t = tensor.detach().cpu().contiguous()
-        digest.update(f"{name.replace('.base_layer', '')}:{t.dtype}:{list(t.shape)};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_digest((name.replace(".base_layer", ""), t) for name, t in sorted(module.state_dict().items())
+                          if "lora_" not in name)
 
 
 _SCORE_FIELDS = ("features", "alignment", "category_ok", "color_ok", "dnc")
@@ -238,10 +233,7 @@ _SCORE_FIELDS = ("features", "alignment", "category_ok", "color_ok", "dnc")
 def _save_scores(scores: _Scores, path: Path) -> None:
     tensors = {k: getattr(scores, k).contiguous() for k in _SCORE_FIELDS}
     tensors |= {f"reward/{n}": v.contiguous() for n, v in scores.rewards.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, tmp, metadata={"seconds": repr(scores.seconds)})
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"seconds": repr(scores.seconds)}))
 
 
 def _load_scores(path: Path, rewards: tuple[str, ...]) -> _Scores | None:
@@ -272,19 +264,20 @@ def _nanmean(x: Tensor) -> float:
 # -- run folders ---------------------------------------------------------------------------------------
 def check_run(folder: str | Path) -> tuple[RunConfig, dict]:
     """A run folder's config and adapter info, or a FileNotFoundError / ValueError that says what is missing."""
-    folder = Path(folder)
+    run = RunFolder(folder)
+    folder = run.path
     if not folder.is_dir():
         raise FileNotFoundError(f"Run folder {folder} does not exist; give a folder made by `python -m engine.align --out DIR`.")
-    if not (folder / "config.json").is_file():
+    if not run.config_file.is_file():
         raise FileNotFoundError(f"{folder} has no config.json: it is not a run folder (made by `python -m engine.align --out DIR`).")
-    if not (folder / "adapter").is_dir():
+    if not run.adapter.is_dir():
         raise FileNotFoundError(f"{folder} has no adapter/: the run has not saved an adapter yet (it saves one every "
                                 "checkpoint_every steps and at the end).")
     try:
-        config = RunConfig.load(folder / "config.json")
+        config = run.load_config()
     except (ValueError, TypeError, KeyError) as err:
         raise ValueError(f"{folder}/config.json cannot be read as a run config: {err}") from None
-    return config, lora.read_adapter_info(folder / "adapter")
+    return config, lora.read_adapter_info(run.adapter)
 
 
 def _base_of(config: RunConfig, info: dict) -> tuple:
@@ -323,7 +316,7 @@ def evaluate_runs(run_dirs, settings: EvalSettings, *, model=None):
     previous, names = lora.active_adapter(model), []
     try:
         for folder in run_dirs:
-            names.append(lora.load_adapter(model, folder / "adapter", name=_free_name(model), activate=False))
+            names.append(lora.load_adapter(model, RunFolder(folder).adapter, name=_free_name(model), activate=False))
         evaluator = RunEvaluator(model, settings)
         rows = [{"label": "base", "run": "", **evaluator.base_metrics()}]
         for label, folder, name in zip(run_labels(run_dirs), run_dirs, names):
@@ -342,10 +335,7 @@ def _free_name(model) -> str:
 
 
 def write_csv_atomic(frame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_save(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
 # -- command line ----------------------------------------------------------------------------------------

@@ -6,19 +6,18 @@
 
 A run lives in a folder a person can read without the code: ``config.json``, ``metrics.csv`` (one row per
 optimiser step), ``eval.csv``, ``adapter/`` (peft format), ``samples/step_NNNN.png`` and ``checkpoint/``
-(adapter, optimiser, method state, step: written atomically). Randomness depends only on (seed, step,
-sample), so ``resume=True`` continues to the metrics an uninterrupted run gives (same thread count).
+(adapter, optimiser, method state, step: written atomically); engine.align.run_folder owns that layout.
+Randomness depends only on (seed, step, sample), so ``resume=True`` continues to the metrics an
+uninterrupted run gives (same thread count).
 ``Trainer.run()`` yields each step's metrics and honours ``request_stop()`` between steps.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +28,7 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from ..core.io import atomic_save
 from ..core.sampling import sample
 from ..generate import generate, load_model, model_views
 from ..models import lora
@@ -39,10 +39,10 @@ from ..rewards import build_ensemble, list_rewards, parse_ensemble
 from .config import RunConfig
 from .methods import METHODS, Context
 from .rollout import GraphPlan, RewardPath, Rollout, Transitions, seeded
+from .run_folder import RUN_FILES, RunFolder, write_csv  # noqa: F401  (RUN_FILES, write_csv: still importable from here)
 
 log = logging.getLogger(__name__)
 SAMPLE_PROMPTS = 4  # fixed prompts (and seeds 0..3) drawn into samples/step_NNNN.png
-RUN_FILES = ("config.json", "metrics.csv", "eval.csv", "adapter", "samples", "checkpoint", "checkpoint-old")
 
 
 class TrainingError(RuntimeError):
@@ -109,6 +109,7 @@ class Trainer:
         self.config = config.validate()
         self.eval_cache = eval_cache  # a folder where the base's held-out scores are kept and shared between runs
         self.out = Path(out)
+        self.folder = RunFolder(self.out)
         self.world = World(config.device)
         if self.config.batch_size % self.world.size:
             raise ValueError(f"batch_size = {config.batch_size}: must divide over {self.world.size} processes.")
@@ -151,15 +152,13 @@ class Trainer:
         if resume:
             self._load_checkpoint()
         elif self.world.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            config.save(self.out / "config.json")
+            self.folder.save_config(config)
 
     # -- setup -------------------------------------------------------------------------------------
     def _check_folder(self, resume: bool) -> None:
-        saved = self.out / "config.json"
-        if saved.exists():
+        if self.folder.holds_run():
             try:
-                previous = RunConfig.load(saved)
+                previous = self.folder.load_config()
             except (ValueError, json.JSONDecodeError) as err:
                 raise ValueError(f"{self.out} holds a config.json this version cannot read ({err}); use another --out.") from None
             if not resume:
@@ -168,7 +167,7 @@ class Trainer:
                 diff = [k for k, v in previous.to_dict().items() if self.config.to_dict().get(k) != v]
                 raise ValueError(f"{self.out} holds a run with another config (differs in: {', '.join(diff)}); "
                                  "resume it with the same settings, or choose another --out.")
-        elif self.out.exists() and any(p.name not in RUN_FILES for p in self.out.iterdir()):
+        elif self.folder.foreign_files():
             raise ValueError(f"{self.out} is not empty and holds no run; choose an empty or new --out folder.")
 
     def _build_reward(self):
@@ -239,7 +238,7 @@ class Trainer:
         if self.world.any(bad is not None):  # every process stops together
             raise TrainingError(
                 f"The {cfg.method} loss became {bad or 'non-finite on another process'} at step {step + 1}; the last good "
-                f"checkpoint in {self.out / 'checkpoint'} is kept. Lower lr or the method's scale (e.g. nabla.beta) and resume.")
+                f"checkpoint in {self.folder.checkpoint} is kept. Lower lr or the method's scale (e.g. nabla.beta) and resume.")
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params.values()]
         self.world.mean_(grads)
         for p, g in zip(self.params.values(), grads):
@@ -304,10 +303,10 @@ class Trainer:
 
     # -- files -------------------------------------------------------------------------------------
     def _append_metrics(self, metrics: dict) -> None:
-        _append_csv(self.out / "metrics.csv", metrics)
+        self.folder.append_metrics(metrics)
 
     def _append_eval(self, step: int, metrics: dict, label: str) -> None:
-        _append_csv(self.out / "eval.csv", {"step": step, "label": label, **metrics})
+        self.folder.append_eval(step, label, metrics)
 
     def evaluator(self):
         if self._evaluator is None:
@@ -326,45 +325,31 @@ class Trainer:
         gen = generate(self.model, prompts, list(range(len(prompts))), steps=self.config.sampler_steps, guidance=self.guidance)
         views = render(gen.gaussians, model_views().to(gen.latents.device), 128)
         rows = [np.concatenate(view_strips(views, i), axis=0) for i in range(len(prompts))]
-        path = self.out / "samples" / f"step_{self.step:04d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.png")
-        iio.imwrite(tmp, np.concatenate(rows, axis=0))
-        os.replace(tmp, path)
-        return path
+        return atomic_save(self.folder.sample_file(self.step), lambda tmp: iio.imwrite(tmp, np.concatenate(rows, axis=0)))
 
     def save_adapter(self) -> Path:
         meta = {"method": self.config.method, "reward": self.config.reward, "step": self.step, "run": str(self.out)}
-        return lora.save_adapter(self.model, self.out / "adapter", meta=meta)
+        return lora.save_adapter(self.model, self.folder.adapter, meta=meta)
 
     def save_checkpoint(self) -> None:
         """Adapter + optimiser + method state + counters, swapped in atomically; also refreshes adapter/."""
-        new, cur, old = self.out / "checkpoint-new", self.out / "checkpoint", self.out / "checkpoint-old"
-        shutil.rmtree(new, ignore_errors=True)
-        new.mkdir(parents=True)
         meta, tensors = self.method.state()
-        save_file({f"lora.{n}": p.detach().cpu().contiguous() for n, p in self.params.items()}
-                  | {f"method.{n}": t.detach().cpu().contiguous() for n, t in tensors.items()}, new / "state.safetensors")
-        torch.save(self.optimizer.state_dict(), new / "optimizer.pt")
-        (new / "trainer.json").write_text(json.dumps({"step": self.step, "wall_seconds": self.wall, "skipped": self.skipped,
-                                                      "method": meta}))
-        if cur.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            cur.rename(old)
-        new.rename(cur)
-        shutil.rmtree(old, ignore_errors=True)
+        with self.folder.writing_checkpoint() as new:
+            save_file({f"lora.{n}": p.detach().cpu().contiguous() for n, p in self.params.items()}
+                      | {f"method.{n}": t.detach().cpu().contiguous() for n, t in tensors.items()}, new / "state.safetensors")
+            torch.save(self.optimizer.state_dict(), new / "optimizer.pt")
+            (new / "trainer.json").write_text(json.dumps({"step": self.step, "wall_seconds": self.wall, "skipped": self.skipped,
+                                                          "method": meta}))
         self.save_adapter()
         self._saved_step = self.step
 
     def _load_checkpoint(self) -> None:
-        folder = next((f for f in (self.out / "checkpoint", self.out / "checkpoint-old") if (f / "trainer.json").exists()), None)
+        folder = self.folder.checkpoint_to_load()
         if folder is None:
             if self.world.main:
                 log.warning("%s has no checkpoint yet: starting from step 0.", self.out)
-                self.out.mkdir(parents=True, exist_ok=True)
-                self.config.save(self.out / "config.json")
-                for name in ("metrics.csv", "eval.csv"):
-                    (self.out / name).unlink(missing_ok=True)
+                self.folder.save_config(self.config)
+                self.folder.clear_rows()
             return
         state = json.loads((folder / "trainer.json").read_text())
         tensors = load_file(folder / "state.safetensors")
@@ -376,8 +361,7 @@ class Trainer:
         self.step, self.wall, self.skipped = state["step"], state["wall_seconds"], state["skipped"]
         self._saved_step = self.step
         if self.world.main:  # rows written after the checkpoint will be written again
-            _truncate_csv(self.out / "metrics.csv", self.step)
-            _truncate_csv(self.out / "eval.csv", self.step)
+            self.folder.truncate(self.step)
 
     def train(self, progress: bool = True) -> dict | None:
         """Runs to the end with a tqdm bar showing the reward; Ctrl-C saves and returns."""
@@ -399,36 +383,4 @@ class Trainer:
 def _named(model, params):
     ids = {id(p): p for p in params}
     return [(n, p) for n, p in model.named_parameters() if id(p) in ids]
-
-
-def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
-
-
-def _truncate_csv(path: Path, step: int) -> None:
-    if not path.exists():
-        return
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    keep = [r for r in rows if int(float(r["step"])) <= step]
-    if len(keep) < len(rows):
-        write_csv(path, keep, list(rows[0]))
-
-
-def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
-    """Writes ``rows`` to ``path`` atomically (a temporary file, then a rename); the header is ``fieldnames``
-    (default: the first row's keys; an empty file when there are neither)."""
-    fieldnames = fieldnames or (list(rows[0]) if rows else None)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        if fieldnames:
-            writer = csv.DictWriter(f, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-    os.replace(tmp, path)
 

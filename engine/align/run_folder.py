@@ -1,0 +1,174 @@
+"""The layout of a finetuning run folder, owned in one place.
+
+    config.json      the RunConfig (engine.align.config)
+    metrics.csv      one row per optimiser step (the trainer appends)
+    eval.csv         held-out evaluations: step, label ("base" / "run"), then the metrics
+    adapter/         the current adapter, peft format (engine.models.lora.save_adapter)
+    samples/         step_NNNN.png strips
+    checkpoint/      adapter, optimiser, method state and counters (written by the trainer), swapped in whole:
+                     built as checkpoint-new/, the previous one kept as checkpoint-old/ until the new is in place
+    status.json      written beside the others by bench/compare_methods.py (shipped runs have one)
+
+The CSV files are plain ``csv`` with a header; their rows are appended and truncated back to a step on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from pathlib import Path
+from typing import Iterator
+
+from ..core.io import atomic_save, building_folder
+from .config import RunConfig
+
+RUN_FILES = ("config.json", "metrics.csv", "eval.csv", "adapter", "samples", "checkpoint", "checkpoint-old")
+CHECKPOINT_MARKER = "trainer.json"  # the file a complete checkpoint folder holds
+
+
+class RunFolder:
+    """One run folder: its paths, config, metrics and evaluation rows, and checkpoint swap."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # -- paths --------------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def eval_file(self) -> Path:
+        return self.path / "eval.csv"
+
+    @property
+    def adapter(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / "checkpoint"
+
+    @property
+    def checkpoint_old(self) -> Path:
+        return self.path / "checkpoint-old"
+
+    @property
+    def checkpoint_new(self) -> Path:
+        return self.path / "checkpoint-new"
+
+    @property
+    def status_file(self) -> Path:
+        return self.path / "status.json"
+
+    def sample_file(self, step: int) -> Path:
+        return self.samples / f"step_{step:04d}.png"
+
+    def holds_run(self) -> bool:
+        """Whether a run was started here (it has a config.json)."""
+        return self.config_file.exists()
+
+    def foreign_files(self) -> list[str]:
+        """Names in the folder that are not a run's (an empty list when it does not exist)."""
+        return sorted(p.name for p in self.path.iterdir() if p.name not in RUN_FILES) if self.path.exists() else []
+
+    # -- config -------------------------------------------------------------------------------------
+    def load_config(self) -> RunConfig:
+        return RunConfig.load(self.config_file)
+
+    def save_config(self, config: RunConfig) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        config.save(self.config_file)
+
+    def config_dict(self) -> dict:
+        """config.json as plain JSON (no validation: any version's); OSError / ValueError when unreadable."""
+        return json.loads(self.config_file.read_text())
+
+    # -- metrics and evaluation rows -----------------------------------------------------------------
+    def append_metrics(self, row: dict) -> None:
+        append_csv(self.metrics_file, row)
+
+    def append_eval(self, step: int, label: str, metrics: dict) -> None:
+        append_csv(self.eval_file, {"step": step, "label": label, **metrics})
+
+    def metrics_rows(self) -> list[dict]:
+        """metrics.csv's rows as strings, as csv reads them ([] when there is none)."""
+        return read_csv(self.metrics_file)
+
+    def eval_rows(self) -> list[dict]:
+        return read_csv(self.eval_file)
+
+    def truncate(self, step: int) -> None:
+        """Drops the metrics and evaluation rows after ``step`` (they will be written again on resume)."""
+        truncate_csv(self.metrics_file, step)
+        truncate_csv(self.eval_file, step)
+
+    def clear_rows(self) -> None:
+        """Removes metrics.csv and eval.csv (a run starting again from step 0)."""
+        for path in (self.metrics_file, self.eval_file):
+            path.unlink(missing_ok=True)
+
+    # -- checkpoint ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def writing_checkpoint(self) -> Iterator[Path]:
+        """``with run.writing_checkpoint() as folder:`` fill ``folder`` (it must hold ``trainer.json``); on
+        success it becomes checkpoint/, the previous one kept as checkpoint-old/ until then."""
+        with building_folder(self.checkpoint, tmp=self.checkpoint_new, old=self.checkpoint_old) as folder:
+            yield folder
+
+    def checkpoint_to_load(self) -> Path | None:
+        """checkpoint/, else checkpoint-old/ (a crash between the swap's renames), whichever is complete; or None."""
+        return next((f for f in (self.checkpoint, self.checkpoint_old) if (f / CHECKPOINT_MARKER).exists()), None)
+
+
+# -- CSV files --------------------------------------------------------------------------------------------
+def append_csv(path: Path, row: dict) -> None:
+    """Appends ``row``; a new file gets the row's keys as its header."""
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def truncate_csv(path: Path, step: int) -> None:
+    """Keeps the rows whose ``step`` is at most ``step`` (rewritten atomically, only when some go)."""
+    rows = read_csv(path)
+    keep = [r for r in rows if int(float(r["step"])) <= step]
+    if len(keep) < len(rows):
+        write_csv(path, keep, list(rows[0]))
+
+
+def write_csv(path: Path, rows: list[dict], fieldnames: list[str] | None = None) -> None:
+    """Writes ``rows`` to ``path`` atomically (a temporary file, then a rename); the header is ``fieldnames``
+    (default: the first row's keys; an empty file when there are neither)."""
+    fieldnames = fieldnames or (list(rows[0]) if rows else None)
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            if fieldnames:
+                writer = csv.DictWriter(f, fieldnames=fieldnames)
+                writer.writeheader()
+                writer.writerows(rows)
+
+    atomic_save(path, write)
