@@ -97,11 +97,15 @@ def check_knobs(config, group: str) -> None:
             raise bad_value(k.dotted, value, "must be a whole number", f"the default is {k.default!r}")
         if m.choices is not None and value not in m.choices:
             raise bad_value(k.dotted, value, "unknown option", f"choose one of {', '.join(map(str, m.choices))}{about}")
-        if m.low is not None and (value < m.low or (m.open_low and value == m.low)):
-            sign = ">" if m.open_low else ">="
-            raise bad_value(k.dotted, value, f"must be {sign} {m.low:g}", _fix(k))
-        if m.high is not None and value > m.high:
-            raise bad_value(k.dotted, value, f"must be <= {m.high:g}", _fix(k))
+        below = m.low is not None and (value < m.low or (m.open_low and value == m.low))
+        if below or (m.high is not None and value > m.high):
+            raise bad_value(k.dotted, value, f"must be {_bounds(m)}", _fix(k))
+
+
+def _bounds(m: Knob) -> str:
+    if m.low is not None and m.high is not None:
+        return f"in {'(' if m.open_low else '['}{m.low:g}, {m.high:g}]"
+    return f"{'>' if m.open_low else '>='} {m.low:g}" if m.low is not None else f"<= {m.high:g}"
 
 
 def _fix(k: KnobField) -> str:
