@@ -35,9 +35,6 @@ def _single(gaussians: Gaussians) -> Gaussians:
     return gaussians
 
 
-_atomic_write = atomic_write_bytes  # the name engine.mesh imports
-
-
 def splat_bytes(gaussians: Gaussians, format: str = "ply", opacity_threshold: float = 0.0) -> bytes:
     """Encode one asset as ``ply``, ``splat`` or ``ply_compressed`` bytes.
 
@@ -65,7 +62,7 @@ def save_splat_file(gaussians: Gaussians, path: str | os.PathLike, opacity_thres
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"Unknown splat file type {path.suffix!r}; use one of {sorted(FORMATS)}.")
-    _atomic_write(path, splat_bytes(gaussians, fmt, opacity_threshold))
+    atomic_write_bytes(path, splat_bytes(gaussians, fmt, opacity_threshold))
     return path
 
 

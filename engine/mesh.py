@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .core.cameras import DIFFSPLAT_FOCAL, Cameras, orbit_c2w
 from .core.gaussians import Gaussians
-from .export import _atomic_write
+from .core.io import atomic_write_bytes
 from .render import render
 from .render.projection import ALPHA_MIN
 
@@ -364,7 +364,7 @@ def save_mesh(mesh, path: str | os.PathLike) -> Path:
         raise ValueError(f"Unknown mesh file type {suffix or '(none)'!r}; use one of {', '.join(MESH_FORMATS)}.")
     if len(mesh.faces) == 0:
         raise ValueError("The mesh has no faces; nothing to write.")
-    _atomic_write(path, mesh_bytes(mesh, suffix[1:]))
+    atomic_write_bytes(path, mesh_bytes(mesh, suffix[1:]))
     return path
 
 
