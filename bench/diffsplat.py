@@ -3,11 +3,12 @@
     python bench/diffsplat.py                       # tiny configs, through the real loader (CPU)
     python bench/diffsplat.py --size full --device cuda [--dtype bf16]
 
-``tiny``: the test suite's tiny random PixArt-Sigma / SD1.5 / GSVAE / text encoders saved in the
-released folder layout and loaded by ``load_model``; rows time loading and end-to-end generation.
+``tiny``: tiny random PixArt-Sigma / SD1.5 / GSVAE / text encoders (``engine.models.diffsplat_random``, as
+the tests use) saved in the released folder layout and loaded by ``load_model``; rows time loading and
+end-to-end generation.
 ``full``: DiffSplat-PixArt-Sigma at its real size (28 layers x 1152, 0.61B parameters; SDXL-VAE GSVAE
-decoder, 256 px splatter maps, 262,144 Gaussians) built with random weights in memory, T5 embeddings
-replaced by random 300 x 4096 ones: seconds per asset (20 steps, CFG), peak GPU memory, and on CUDA
+decoder, 256 px splatter maps, 262,144 Gaussians) built with random weights in memory (``full_pas_model``), T5
+embeddings replaced by random 300 x 4096 ones: seconds per asset (20 steps, CFG), peak GPU memory, and on CUDA
 the torch renderer against gsplat on its Gaussians (max abs difference, PSNR).
 """
 
@@ -26,28 +27,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from engine.generate import generate, load_model  # noqa: E402
-from engine.models.base import Condition  # noqa: E402
-from engine.models.diffsplat import GSVAE_CONFIG, RELEASES, DiffSplatModel  # noqa: E402
-
-PIXART_SIGMA_512 = dict(  # research/diffsplat.md §5.2 with DiffSplat's overrides
-    num_attention_heads=16, attention_head_dim=72, in_channels=10, out_channels=8, num_layers=28, sample_size=32, patch_size=2,
-    caption_channels=4096, cross_attention_dim=1152, norm_type="ada_norm_single", activation_fn="gelu-approximate",
-    attention_bias=True, norm_elementwise_affine=False, norm_eps=1e-6, num_embeds_ada_norm=1000, interpolation_scale=1,
-    use_additional_conditions=False,
+from engine.models.diffsplat_random import (  # noqa: E402
+    full_pas_model,
+    make_pas_release,
+    make_sd15_release,
+    make_text_encoder,
 )
-
-
-class RandomText:
-    """Stands in for T5-XXL: fixed random embeddings per prompt, with a 300-token mask."""
-
-    def __init__(self, dim: int = 4096, tokens: int = 300):
-        self.dim, self.tokens = dim, tokens
-
-    def __call__(self, prompts: list[str]) -> Condition:
-        g = torch.Generator().manual_seed(len(prompts))
-        mask = torch.zeros(len(prompts), self.tokens, dtype=torch.long)
-        mask[:, :12] = 1
-        return Condition(torch.randn(len(prompts), self.tokens, self.dim, generator=g) * 0.2, mask)
 
 
 def _sync(device: torch.device) -> None:
@@ -56,12 +41,6 @@ def _sync(device: torch.device) -> None:
 
 
 def tiny_rows(steps: int) -> None:
-    from tests.diffsplat_fixtures import (
-        make_pas_release,
-        make_sd15_release,
-        make_text_encoder,
-    )
-
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         make_pas_release(root, sample_size=32)
@@ -79,17 +58,12 @@ def tiny_rows(steps: int) -> None:
 
 
 def full_rows(steps: int, device: torch.device, dtype: str) -> None:
-    from diffusers import AutoencoderKL, PixArtTransformer2DModel
-
     from engine.core.cameras import canonical_views
     from engine.render import RenderSettings, render
 
-    torch.manual_seed(0)
     dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-    denoiser = PixArtTransformer2DModel(**PIXART_SIGMA_512).to(device, dt).eval().requires_grad_(False)
-    gsvae = AutoencoderKL(**GSVAE_CONFIG).to(device).eval().requires_grad_(False)
-    model = DiffSplatModel(RELEASES["diffsplat-pas"], denoiser, gsvae, RandomText()).to(device)
-    params = sum(p.numel() for p in denoiser.parameters())
+    model = full_pas_model(device, dt)
+    params = sum(p.numel() for p in model.denoiser.parameters())
     generate(model, ["warm-up"], [0], steps=1)  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
