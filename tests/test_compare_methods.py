@@ -1,16 +1,23 @@
-"""bench/compare_methods.py on a tiny budget: real runs of two methods through the engine's trainer and
-evaluation (a 1-layer random base, 2 steps, 3 sampler steps, 1 held-out prompt x 2 seeds), its summary,
-report and figures, resume, the sweep, determinism and bad arguments."""
+"""The study (engine/study/, run by bench/compare_methods.py) on a tiny budget: real runs of two methods through
+the engine's trainer and evaluation (a 1-layer random base, 2 steps, 3 sampler steps, 1 held-out prompt x 2
+seeds), its summary, report and figures, resume, the sweep, determinism and bad arguments."""
 
+import ast
 import importlib.util
 import io
 import json
 import math
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+
+from engine import study
+from engine.study.fmt import fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["refl", "nabla-r2d3"]
@@ -64,7 +71,7 @@ def comparison(tiny):
 
 def test_summary_has_one_row_per_method_with_every_column(comparison):
     table = pd.read_csv(comparison / "summary.csv")
-    assert list(table.columns) == cm.SUMMARY_COLUMNS
+    assert list(table.columns) == study.SUMMARY_COLUMNS
     assert list(table["method"]) == METHODS
     assert (table["n_seeds"] == 2).all() and (table["n_failed"] == 0).all() and (table["steps"] == 2).all()
     for col in ("final_reward_mean", "final_reward_std", "delta_reward_mean", "alignment_delta_mean", "category_acc_delta_mean",
@@ -97,6 +104,7 @@ def test_report_has_the_table_the_claims_and_the_figures(comparison):
     assert ("| method | final reward | Δ reward vs base | steps (and seconds) to reach the best baseline's final reward | "
             "alignment Δ | category acc Δ | KID vs base | diversity Δ |") in report
     assert "| base |" in report
+    assert "- Command: `python bench/compare_methods.py --reward 'colorfulness' --methods refl,nabla-r2d3 --seeds 2" in report
     for method in METHODS:
         assert any(line.startswith(f"| {method} |") and " ± " in line for line in report.splitlines())
     claims = [line for line in report.splitlines() if line.startswith("- **")]
@@ -122,8 +130,8 @@ def test_samples_sheet_shows_the_base_beside_every_method(comparison):
     strip = Image.open(comparison / "runs" / "refl" / "seed0" / "samples" / "step_0002.png")
     sheet = Image.open(comparison / "samples.png")
     columns = 1 + len(METHODS)  # the base, then each method's last strip
-    width = round(strip.width * cm.SAMPLES_SCALE)
-    assert sheet.size == (columns * width + (columns - 1) * 6, round(strip.height * cm.SAMPLES_SCALE) + 22)
+    width = round(strip.width * study.SAMPLES_SCALE)
+    assert sheet.size == (columns * width + (columns - 1) * 6, round(strip.height * study.SAMPLES_SCALE) + 22)
 
 
 def test_ship_copies_what_the_studio_reads_and_nothing_heavy(comparison, tmp_path):
@@ -215,9 +223,9 @@ def test_forgetting_leaves_out_what_the_reward_trains():
                           {**row, "method": "alignprop", "final_reward_mean": 0.676, "alignment_delta_mean": 0.023}])
     info = {"best_baseline": "alignprop", "target": 0.676, "gained": True, "base": {"heldout": 0.652}}
     plan = SimpleNamespace(methods=["nabla-r2d3", "alignprop"], higher_is_better=True, eval_every=10, reward_terms={"geometry"})
-    assert "alignment Δ +0.008 vs +0.023 (worse)" in cm.claims(plan, table, info)[2]
+    assert "alignment Δ +0.008 vs +0.023 (worse)" in study.claims(plan, table, info)[2]
     plan.reward_terms = {"alignment", "geometry"}
-    forgetting = cm.claims(plan, table, info)[2]
+    forgetting = study.claims(plan, table, info)[2]
     assert forgetting.startswith("**Less forgetting: holds** (nabla-r2d3 as good as or better than alignprop on 3 of 3 measures)")
     assert "alignment Δ +" not in forgetting and "Alignment Δ is left out" in forgetting
 
@@ -238,7 +246,7 @@ def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
     out = tiny / "sweep"
     cm.main(_argv(tiny, out, "--sweep", "--sweep-steps", "2", "--minutes", "10", methods="refl", seeds=1))
     trials = pd.read_csv(out / "sweep" / "sweep.csv")
-    assert len(trials) == 5 and list(trials["lr"][:3]) == list(cm.SWEEP_LRS)
+    assert len(trials) == 5 and list(trials["lr"][:3]) == list(study.SWEEP_LRS)
     assert set(trials["knob"]) == {"refl.first_fraction"} and (trials["state"] == "finished").all()
     chosen = json.loads((out / "sweep" / "chosen.json").read_text())["refl"]
     best = trials[trials["lr"] == chosen["lr"]]["score"].max()
@@ -247,22 +255,81 @@ def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
     assert config["lr"] == chosen["lr"] and config["refl"]["first_fraction"] == chosen["value"]
     assert config["seed"] == 0 and json.loads((out / "sweep" / "refl" / trials["run"][0] / "config.json").read_text())["seed"] == 1000
     report = (out / "report.md").read_text()
-    assert "## Tuning" in report and f"lr {cm._fmt(chosen['lr'])}, refl.first_fraction {cm._fmt(chosen['value'])}" in report
+    assert "## Tuning" in report and f"lr {fmt(chosen['lr'])}, refl.first_fraction {fmt(chosen['value'])}" in report
     assert "Not tested: nabla-r2d3 is not in this comparison" in report
     assert len(pd.read_csv(out / "summary.csv")) == 1
 
 
 @pytest.mark.parametrize("reward, span", [("colorfulness", 110.0), ("geometry", 1.0), ("alignment:1,geometry:0.5", 1.5)])
 def test_nabla_beta_is_per_unit_of_the_rewards_range(tmp_path, reward, span):
-    """beta scales the raw reward gradient: colorfulness (0-110) must not get geometry's (0-1) beta."""
-    plan = cm.Plan(cm.parser().parse_args(["--reward", reward, "--methods", "nabla-r2d3,refl", "--out", str(tmp_path)]))
+    """beta scales the raw reward gradient: colorfulness (0-110) must not get geometry's (0-1) beta. The study sets
+    no beta of its own: RunConfig fills 3e7 per unit of the reward's range, and the sweep is nabla.py's grid."""
+    from engine.align.config import RunConfig
+    from engine.align.knobs import sweep_knob
+    from engine.align.methods.nabla import BETA_PER_RANGE, NablaConfig
+
+    plan = study.Plan(study.parser().parse_args(["--reward", reward, "--methods", "nabla-r2d3,refl", "--out", str(tmp_path)]))
     assert plan.reward_span == pytest.approx(span)
-    assert plan.knob_values("nabla-r2d3") == tuple(float(f"{v / span:.3g}") for v in cm.SWEEP_KNOBS["nabla-r2d3"][1])
-    assert plan.base_configs["nabla-r2d3"].nabla.beta == pytest.approx(cm.NABLA_BETA / span, rel=1e-2)
-    assert plan.knob_values("refl") == cm.SWEEP_KNOBS["refl"][1]  # scale-free knobs stay as they are
-    given = cm.Plan(cm.parser().parse_args(["--reward", reward, "--methods", "nabla-r2d3", "--out", str(tmp_path),
-                                            "--set", "nabla.beta=5"]))
+    declared = sweep_knob(NablaConfig, "nabla").meta.sweep
+    assert plan.knob_values("nabla-r2d3") == tuple(float(f"{v / span:.3g}") for v in declared)
+    beta = plan.base_configs["nabla-r2d3"].nabla.beta
+    assert beta == float(f"{BETA_PER_RANGE / span:.3g}") == RunConfig(reward=reward).validate().nabla.beta
+    assert beta in plan.knob_values("nabla-r2d3")  # the default is one of the sweep's values
+    if reward == "colorfulness":
+        assert beta == 2.73e5
+    assert plan.knob_values("refl") == (0.5, 0.75, 0.9)  # scale-free knobs stay as declared
+    given = study.Plan(study.parser().parse_args(["--reward", reward, "--methods", "nabla-r2d3", "--out", str(tmp_path),
+                                                  "--set", "nabla.beta=5"]))
     assert given.base_configs["nabla-r2d3"].nabla.beta == 5.0  # the user's value wins
+
+
+def test_each_method_is_swept_over_the_knob_it_declares():
+    assert study.sweep_plan("refl", "geometry") == (("refl.first_fraction",), (0.5, 0.75, 0.9))
+    assert study.sweep_plan("grpo", "colorfulness") == (("grpo.clip_low", "grpo.clip_high"), (3e-5, 1e-4, 3e-4))
+    assert study.sweep_plan("nabla-r2d3", "geometry") == (("nabla.beta",), (3e6, 3e7, 3e8))
+    assert study.sweep_plan("nabla-r2d3", "colorfulness") == (("nabla.beta",), (2.73e4, 2.73e5, 2.73e6))
+
+
+def test_a_newly_registered_method_joins_the_study_with_its_own_sweep(tmp_path):
+    from engine.align.knobs import knob
+    from engine.align.methods import METHODS, register, unregister
+    from engine.align.methods.refl import ReFL
+
+    @dataclass
+    class ToyConfig:
+        gain: float = knob(1.0, "a toy knob", low=0, sweep=(0.5, 1.0, 2.0))
+        plain: int = knob(3, "not swept")
+
+    class Toy(ReFL):
+        name, title, config_field, config, summary = "toy-study", "Toy", "toystudy", ToyConfig, "ReFL under another name"
+
+    register(Toy)
+    try:
+        assert study.sweep_plan("toy-study", "colorfulness") == (("toystudy.gain",), (0.5, 1.0, 2.0))
+        plan = study.Plan(study.parser().parse_args(["--reward", "colorfulness", "--methods", "all", "--sweep", "--out",
+                                                     str(tmp_path)]))
+        assert plan.methods == list(METHODS) and plan.methods[-1] == "toy-study"
+        assert plan.knob_fields("toy-study") == ("toystudy.gain",) and plan.knob_values("toy-study") == (0.5, 1.0, 2.0)
+        assert plan.base_configs["toy-study"].toystudy.gain == 1.0
+    finally:
+        unregister("toy-study")
+
+
+def test_the_study_runs_as_a_module_and_bench_is_a_thin_command_line():
+    done = subprocess.run([sys.executable, "-m", "engine.study", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m engine.study") and "--report-only" in done.stdout
+    assert len((ROOT / "bench" / "compare_methods.py").read_text().splitlines()) <= 150
+    assert "usage: python bench/compare_methods.py" in cm.parser().format_help()
+
+
+def test_nothing_in_bench_imports_tests():
+    for path in sorted((ROOT / "bench").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n == "tests" or n.startswith("tests.")], path.name
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -291,15 +358,15 @@ def test_convergence_is_not_timed_against_the_base():
     from types import SimpleNamespace
 
     curve = pd.DataFrame({"step": [0, 10, 20], "heldout": [0.53, 0.45, 0.44], "seconds": [0.0, 100.0, 200.0]})
-    assert all(math.isnan(v) for v in cm.reach(curve, 0.50, higher=True))  # only the base (step 0) is above 0.50
-    assert cm.reach(curve, 0.45, higher=True) == (10.0, 100.0)
+    assert all(math.isnan(v) for v in study.reach(curve, 0.50, higher=True))  # only the base (step 0) is above 0.50
+    assert study.reach(curve, 0.45, higher=True) == (10.0, 100.0)
     row = {"n_seeds": 2, "final_reward_mean": 0.45, "final_reward_std": 0.01, "delta_reward_mean": -0.08,
            "steps_to_best_baseline": float("nan"), "seconds_to_best_baseline": float("nan"), "steps": 20, "seconds": 200.0,
            "alignment_delta_mean": -0.03, "category_acc_delta_mean": -0.2, "kid_vs_base_mean": 2e-5, "diversity_delta_mean": 0.0}
     table = pd.DataFrame([{**row, "method": "nabla-r2d3"}, {**row, "method": "grpo", "final_reward_mean": 0.52}])
     plan = SimpleNamespace(methods=["nabla-r2d3", "grpo"], higher_is_better=True, eval_every=10, reward_terms={"geometry"})
     info = {"best_baseline": "grpo", "target": 0.52, "gained": False, "base": {"heldout": 0.53}}
-    faster = cm.claims(plan, table, info)[1]
+    faster = study.claims(plan, table, info)[1]
     assert faster.startswith("**Faster convergence: not testable here.**") and "no baseline gain to race to" in faster
     table.loc[0, "delta_reward_mean"] = 0.02  # nabla-r2d3 above the base while no baseline is
-    assert cm.claims(plan, table, info)[1].startswith("**Faster convergence: holds.**")
+    assert study.claims(plan, table, info)[1].startswith("**Faster convergence: holds.**")

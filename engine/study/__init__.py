@@ -1,0 +1,39 @@
+"""The method comparison of issue 14 as a library: every alignment method on one reward, one protocol.
+
+    python -m engine.study --reward geometry --methods all --seeds 2 --steps 40 --out outputs/cmp/geometry
+    python bench/compare_methods.py ...        # the same command line
+
+One module per job:
+
+- ``plan``: the arguments checked, the held-out reward, each method's sweep (:func:`sweep_plan`, from the
+  knobs the method declares) and every run's RunConfig; ``comparison.json`` and the resume check.
+- ``runs``: one run through the engine's trainer with a step and wall-clock budget, resumable, its reward
+  images counted (``<run>.status.json``, ``<run>.rewards.csv``).
+- ``sweep``: the same small sweep for every method (``sweep/sweep.csv``, ``sweep/chosen.json``).
+- ``summary``: finished runs read back, ``summary.csv``'s rows, steps to reach the best baseline, the claims.
+- ``report``: ``report.md``, the figures, the samples sheet.
+- ``cli``: the command line and the protocol (``python -m engine.study --help``).
+"""
+
+from .cli import main, parser, run, tune_and_train
+from .plan import (
+    MUST_MATCH,
+    NothingToSummarise,
+    Plan,
+    UsageError,
+    prepare_out,
+    sweep_plan,
+)
+from .report import SAMPLES_SCALE, figures, samples_sheet, write_report
+from .runs import RewardCounter, run_is_done, train_run
+from .summary import NABLA, SUMMARY_COLUMNS, claims, reach, read_run, summarise
+from .sweep import PICK_LAST, SWEEP_LRS, read_sweep, run_sweep, sweep_method
+
+__all__ = [
+    "main", "parser", "run", "tune_and_train",
+    "Plan", "UsageError", "NothingToSummarise", "MUST_MATCH", "prepare_out", "sweep_plan",
+    "train_run", "run_is_done", "RewardCounter",
+    "run_sweep", "sweep_method", "read_sweep", "SWEEP_LRS", "PICK_LAST",
+    "summarise", "read_run", "reach", "claims", "NABLA", "SUMMARY_COLUMNS",
+    "write_report", "figures", "samples_sheet", "SAMPLES_SCALE",
+]
