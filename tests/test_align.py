@@ -241,6 +241,10 @@ def test_folder_with_another_run_or_config_is_refused(tmp_path, weights):
         Trainer(config("refl", weights=weights, steps=1), tmp_path / "r", reward=Brightness())
     with pytest.raises(ValueError, match="another config \\(differs in: lr\\)"):
         Trainer(config("refl", "lr=5e-3", weights=weights, steps=1), tmp_path / "r", resume=True, reward=Brightness())
+    with pytest.raises(ValueError, match="another config \\(differs in: refl\\)"):
+        Trainer(config("refl", "refl.kl=0.5", weights=weights, steps=1), tmp_path / "r", resume=True, reward=Brightness())
+    # another method's knobs are not this run's identity (e.g. a default changed in a later version)
+    Trainer(config("refl", "draft.k=3", weights=weights, steps=1), tmp_path / "r", resume=True, reward=Brightness())
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty and holds no run"):

@@ -142,6 +142,14 @@ class RunConfig:
             out[group] = dataclasses.asdict(getattr(self, group))
         return out
 
+    def identity(self) -> dict:
+        """What makes two configs the same run: every setting except the knobs of methods it does not use (a
+        resumed run must not be refused because another method's default changed)."""
+        from .methods import METHODS
+
+        mine = METHODS[self.method].config_field if self.method in METHODS else None
+        return {k: v for k, v in self.to_dict().items() if k == mine or k not in {*method_groups(), *self.knobs}}
+
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":
         return _build(cls, data, "")

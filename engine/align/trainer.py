@@ -163,8 +163,9 @@ class Trainer:
                 raise ValueError(f"{self.out} holds a config.json this version cannot read ({err}); use another --out.") from None
             if not resume:
                 raise ValueError(f"{self.out} already holds a run; pass --resume to continue it, or choose another --out.")
-            if previous.to_dict() != self.config.to_dict():
-                diff = [k for k, v in previous.to_dict().items() if self.config.to_dict().get(k) != v]
+            before, now = previous.identity(), self.config.identity()
+            if before != now:
+                diff = [k for k in {**before, **now} if before.get(k) != now.get(k)]
                 raise ValueError(f"{self.out} holds a run with another config (differs in: {', '.join(diff)}); "
                                  "resume it with the same settings, or choose another --out.")
         elif self.folder.foreign_files():
