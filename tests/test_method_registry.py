@@ -109,7 +109,10 @@ def test_a_registered_method_is_in_the_studio_with_its_knobs(toy):
 
 
 def test_a_registered_method_is_in_the_study_sweep(toy):
-    from engine.align.knobs import strength_knob, sweep_grid
+    from engine.align.knobs import strength_knob
+    from engine.study import sweep_plan
+    from engine.study.plan import parse_methods
 
-    assert sweep_grid(toy.config, toy.config_field, 110.0) == (("toy.gain",), (0.5, 1.0, 2.0))
+    assert "toy-method" in parse_methods("all")
+    assert sweep_plan("toy-method", "colorfulness") == (("toy.gain",), (0.5, 1.0, 2.0))
     assert strength_knob(toy.config, toy.config_field).name == "gain"
