@@ -39,7 +39,7 @@ from ..rewards import build_ensemble, list_rewards, parse_ensemble
 from .config import RunConfig
 from .methods import METHODS, Context
 from .rollout import GraphPlan, RewardPath, Rollout, Transitions, seeded
-from .run_folder import RUN_FILES, RunFolder, write_csv  # noqa: F401  (RUN_FILES, write_csv: still importable from here)
+from .run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 SAMPLE_PROMPTS = 4  # fixed prompts (and seeds 0..3) drawn into samples/step_NNNN.png
