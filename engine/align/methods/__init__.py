@@ -21,6 +21,7 @@ MODULES = (  # one line per method, in the order the command line and the studio
     "ddpo",
     "grpo",
     "nft",
+    "dpo",
     "dgpo",
 )
 
