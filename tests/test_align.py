@@ -22,7 +22,7 @@ from engine.rewards import Reward
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["sampler_steps=6", "render_resolution=24", "batch_size=2", "sample_every=0", "checkpoint_every=0", "lr=1e-2",
-        "weight_decay=0", "guidance=2.0", "grpo.group_size=2", "nft.group_size=2", "nft.min_step=0", "nft.timesteps=2",
+        "weight_decay=0", "guidance=2.0", "grpo.group_size=2", "nft.group_size=2", "nft.min_step=0", "nft.timesteps=2", "dgpo.group_size=2", "dgpo.min_step=2",
         "nabla.beta=1e5", "draft.k=2", "alignprop.k_max=2", "ddpo.clip_range=0.2", "grpo.clip_low=0.2", "grpo.clip_high=0.2"]
 
 
