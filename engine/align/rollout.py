@@ -181,6 +181,7 @@ class RewardPath:
         self.model, self.reward = model, reward
         self.resolution, self.views, self.aggregate = resolution, views, aggregate
         self.azimuth_range, self.elevation_jitter = azimuth_range, elevation_jitter
+        self.calls = self.images = 0  # reward calls and images scored so far (what a study's budget counts)
 
     def cameras(self, generator: torch.Generator) -> Cameras:
         """The reward rig: ``views`` evenly spaced azimuths (the canonical ones for 4) turned together by
@@ -219,6 +220,7 @@ class RewardPath:
                 parts = self.reward.components(inputs)
             else:
                 parts = {"total": self.reward.score_inputs(inputs)}
+        self.calls, self.images = self.calls + 1, self.images + B * k
         agg = (lambda s: s.view(B, k).mean(1)) if self.aggregate == "mean" else (lambda s: s.view(B, k).amax(1))
         parts = {name: agg(s) for name, s in parts.items()}
         total = parts.pop("total")

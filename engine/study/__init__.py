@@ -25,14 +25,14 @@ from .plan import (
     sweep_plan,
 )
 from .report import SAMPLES_SCALE, figures, samples_sheet, write_report
-from .runs import RewardCounter, run_is_done, train_run
+from .runs import run_is_done, train_run
 from .summary import NABLA, SUMMARY_COLUMNS, claims, reach, read_run, summarise
 from .sweep import PICK_LAST, SWEEP_LRS, read_sweep, run_sweep, sweep_method
 
 __all__ = [
     "main", "parser", "run", "tune_and_train",
     "Plan", "UsageError", "NothingToSummarise", "MUST_MATCH", "prepare_out", "sweep_plan",
-    "train_run", "run_is_done", "RewardCounter",
+    "train_run", "run_is_done",
     "run_sweep", "sweep_method", "read_sweep", "SWEEP_LRS", "PICK_LAST",
     "summarise", "read_run", "reach", "claims", "NABLA", "SUMMARY_COLUMNS",
     "write_report", "figures", "samples_sheet", "SAMPLES_SCALE",

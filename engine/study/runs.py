@@ -18,23 +18,6 @@ from .fmt import log
 from .plan import UsageError
 
 
-class RewardCounter:
-    """Counts the images the training reward scores (rollout scoring and every reward-gradient pass), by
-    wrapping the trainer's reward path on this instance only. (The trainer has no hook for this: its method
-    reaches the reward through the same ``RewardPath`` object, so the wrap is on that object's ``score``.)"""
-
-    def __init__(self, path):
-        self.images = self.calls = 0
-        score = path.score
-
-        def counted(renders, prompts, cameras, *, views=None, **kw):
-            B, V = renders.rgb.shape[:2]
-            self.images += B * (views.shape[1] if views is not None else V)
-            self.calls += 1
-            return score(renders, prompts, cameras, views=views, **kw)
-        path.score = counted
-
-
 def run_is_done(status: dict | None, budget: float | None) -> bool:
     """Finished by its steps, failed (it would fail the same way again: delete its .status.json to retry),
     or stopped by a time budget at least as large as this one."""
@@ -63,7 +46,7 @@ def train_run(config: RunConfig, folder: Path, budget: float | None, tag: str, e
         trainer = Trainer(config, folder, resume=folder.exists(), eval_cache=eval_cache)
     except (ValueError, FileNotFoundError) as err:  # e.g. the folder holds a run with other settings
         raise UsageError(f"{tag}: {err}") from None
-    counter = RewardCounter(trainer.path)
+    counter = trainer.path  # counts its reward calls and images scored
     counts = [r for r in read_csv(counts_path) if int(r["step"]) <= trainer.step]
     if trainer.step:
         log(f"[{tag}] resumed at step {trainer.step}")
