@@ -44,7 +44,6 @@ from engine.align.theory import REWARDS, WORLDS, TheoryRun, TheorySetup, World
 from engine.align.theory.targets import distances
 
 from .curves import PALETTE
-from .finetune import title
 from .jobs import Job, JobBoard
 
 POOL = 40_000  # base samples: p_ref's contours, and the target's resampling pool (mixture, ring, corner)
@@ -173,7 +172,7 @@ class Lane:
 
     @property
     def title(self) -> str:
-        return title(self.method)
+        return METHODS[self.method].title
 
     @property
     def step(self) -> int:
@@ -473,7 +472,7 @@ def build_tab() -> None:
         with gr.Column(scale=1):
             world = gr.Radio([(WORLD_TITLES[w], w) for w in WORLDS], value=DEFAULTS["world"], label="World")
             reward = gr.Radio([(REWARD_TITLES[r], r) for r in REWARDS], value=DEFAULTS["reward"], label="Reward")
-            methods = gr.CheckboxGroup([(title(m), m) for m in METHODS], value=DEFAULTS["methods"],
+            methods = gr.CheckboxGroup([(cls.title, m) for m, cls in METHODS.items()], value=DEFAULTS["methods"],
                                        label="Methods (side by side)",
                                        info="on the linear direction reward, methods with nothing holding them near "
                                             "the base run off")
