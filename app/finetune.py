@@ -435,6 +435,13 @@ def on_reward_change(reward: str):
     return updates
 
 
+def _on_reward_change_page(reward: str):
+    """on_reward_change for the page: gradio takes a single output's return value as that output's value, so
+    one update goes alone and several as a list."""
+    updates = on_reward_change(reward)
+    return updates[0] if len(updates) == 1 else updates
+
+
 def _reward_scaled_knobs() -> list[KnobField]:
     return [k for knobs in method_knobs().values() for k in knobs if k.meta.per_reward_range is not None]
 
@@ -500,7 +507,7 @@ def build_tab() -> None:
               sample_every, *knob_inputs]
     method.change(on_method_change, [method, batch_size], [*groups, batch_size], queue=False, api_visibility="private")
     if scaled:
-        reward.change(on_reward_change, reward, scaled, queue=False, api_visibility="private")
+        reward.change(_on_reward_change_page, reward, scaled, queue=False, api_visibility="private")
     prompt_source.change(on_prompt_source, prompt_source, prompts, queue=False, api_visibility="private")
     start.click(note_waiting, None, None, queue=False, api_visibility="private")
     start.click(run_finetune, inputs, [status, plot, samples, table, zipped], api_name="finetune",
