@@ -287,6 +287,23 @@ def test_cli_trains_writes_a_run_folder_and_refuses_bad_input(tmp_path, weights,
     assert err.value.code == 2 and "draft.k = 99" in capsys.readouterr().err
 
 
+def test_a_finished_run_trains_longer_from_the_command_line_as_if_planned_so(tmp_path, weights, capsys):
+    args = ["--method", "refl", "--reward", "colorfulness", "--weights", weights, "--quiet", "--set", *FAST]
+    align_main(["--steps", "4", "--out", str(tmp_path / "straight"), *args])
+    align_main(["--steps", "2", "--out", str(tmp_path / "longer"), *args])
+    align_main(["--out", str(tmp_path / "longer"), "--resume", "--steps", "4", "--quiet"])  # the rest from config.json
+    read = lambda d: list(csv.DictReader((tmp_path / d / "metrics.csv").open()))  # noqa: E731
+    skip = {"wall_seconds", "sample_seconds", "update_seconds"}
+    a, b = read("straight"), read("longer")
+    assert [r["step"] for r in b] == ["1", "2", "3", "4"]
+    assert [{k: v for k, v in r.items() if k not in skip} for r in a] == [{k: v for k, v in r.items() if k not in skip} for r in b]
+    assert json.loads((tmp_path / "longer" / "config.json").read_text())["steps"] == 4  # its plan is the new total
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as err:
+        align_main(["--out", str(tmp_path / "longer"), "--resume", "--steps", "3", "--quiet"])
+    assert err.value.code == 2 and "has trained 4 steps already; give steps >= 4" in capsys.readouterr().err
+
+
 def test_two_gloo_processes_equal_one_with_the_same_global_batch(tmp_path, weights):
     args = ["--method", "nabla-r2d3", "--reward", "colorfulness", "--steps", "2", "--weights", weights, "--quiet",
             "--set", *FAST, "batch_size=4", "nabla.timestep_fraction=0.34", "nabla.beta=1e3"]

@@ -143,12 +143,14 @@ class RunConfig:
         return out
 
     def identity(self) -> dict:
-        """What makes two configs the same run: every setting except the knobs of methods it does not use (a
-        resumed run must not be refused because another method's default changed)."""
+        """What makes two configs the same run: every setting except the step budget (a run may be trained
+        longer: nothing in a step depends on the total) and the knobs of methods it does not use (a resumed run
+        must not be refused because another method's default changed)."""
         from .methods import METHODS
 
         mine = METHODS[self.method].config_field if self.method in METHODS else None
-        return {k: v for k, v in self.to_dict().items() if k == mine or k not in {*method_groups(), *self.knobs}}
+        others = {*method_groups(), *self.knobs} - {mine}
+        return {k: v for k, v in self.to_dict().items() if k not in others and k != "steps"}
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunConfig":

@@ -151,6 +151,11 @@ class Trainer:
             self._null = self.model.encode_prompts([""])
         if resume:
             self._load_checkpoint()
+            if self.step > self.config.steps:
+                raise ValueError(f"{self.out} has trained {self.step} steps already; give steps >= {self.step} "
+                                 f"to resume it (more trains it longer).")
+            if self.world.main and self.folder.load_config().steps != self.config.steps:
+                self.folder.save_config(self.config)  # trained longer (or the cut run's plan changed): its new total
         elif self.world.main:
             self.folder.save_config(config)
 
