@@ -12,7 +12,10 @@ INTRO = (
     "**Generate** turns a prompt into a 3D Gaussian splat with the embedded base model (trained here on a "
     "procedural world of 24 object kinds in 12 colours; it runs on a CPU), or with DiffSplat's released models "
     "when the studio is started with their weights. **Viewer** inspects any 3DGS "
-    "`.ply` / `.splat` file. Both then turn the splat into a coloured mesh (GLB) to preview and download."
+    "`.ply` / `.splat` file. Both then turn the splat into a coloured mesh (GLB) to preview and download.\n\n"
+    "**Finetune** trains a LoRA on the embedded model with a reward (live curve; the run then appears in the LoRA "
+    "lists), **Compare** puts one prompt through up to 4 models (the base and LoRAs) side by side with their scores and "
+    "curves, and **Theory** runs the alignment methods on a small 2-D world whose optimum is known."
 )
 # The 3D viewers have explicit heights: gradio lays out a hidden tab at zero size, and without one a Model3D's
 # frame depends on its content being mounted (a 2 px frame when it is not, see _reshow_mesh).
