@@ -20,6 +20,7 @@ import hashlib
 import re
 import shutil
 import threading
+import time
 import uuid
 import warnings
 import zipfile
@@ -84,7 +85,12 @@ class Catalogue:
         return out
 
     def choices(self, kinds: tuple[str, ...] = ("base", "shipped", "run", "upload")) -> list[str]:
-        return [label for label, e in self.entries().items() if e.kind in kinds]
+        """Labels in the lists' order (see ``ordered``)."""
+        return [e.label for e in ordered(self.entries().values()) if e.kind in kinds]
+
+    def options(self, kinds: tuple[str, ...] = ("base", "shipped", "run", "upload")) -> list[tuple[str, str]]:
+        """(what the list shows, label) in the lists' order: a dropdown's choices."""
+        return [(display_name(e), e.label) for e in ordered(self.entries().values()) if e.kind in kinds]
 
     def get(self, label: str | None) -> Entry:
         label = label or BASE
@@ -105,19 +111,73 @@ class Catalogue:
         files = [Path(f) for f in files or []]
         if not files:
             raise ValueError("No files: upload adapter_config.json and adapter_model.safetensors, or a .zip of them.")
-        name = _upload_name(name or (files[0].stem if len(files) == 1 and files[0].suffix == ".zip" else "adapter"))
+        zipped = files[0] if len(files) == 1 and files[0].suffix.lower() == ".zip" else None
+        name = _upload_name(name or (zipped.stem if zipped else "adapter"))
         with scratch_folder(self.uploads_dir / name) as tmp:
-            if len(files) == 1 and files[0].suffix.lower() == ".zip":
-                _unzip_adapter(files[0], tmp)
+            if zipped:
+                _unzip_adapter(zipped, tmp)
             else:
                 _copy_adapter_files(files, tmp)
-            pool.check(tmp)
+            try:
+                pool.check(tmp)
+            except (OSError, ValueError) as err:
+                raise ValueError(_plain_words(err, tmp, zipped)) from err
             target = self.uploads_dir / name
             n = 2
             while target.exists():  # never overwrite an earlier upload
                 target, n = self.uploads_dir / f"{name}-{n}", n + 1
             tmp.rename(target)
         return self.get(f"upload: {target.name}")
+
+
+# ------------------------------------------------------------------------------------ the lists' order
+
+GROUPS = {"base": "", "run": "Yours", "shipped": "Shipped", "upload": "Upload"}  # the lists' order, and what each is
+
+
+def ordered(entries) -> list[Entry]:
+    """The base, then the runs made on this server (newest first), the shipped runs, the uploads."""
+    entries = list(entries)
+    runs = sorted((e for e in entries if e.kind == "run"), key=lambda e: _run_time(e) or 0.0, reverse=True)
+    return ([e for e in entries if e.kind == "base"] + runs + [e for e in entries if e.kind == "shipped"]
+            + [e for e in entries if e.kind == "upload"])
+
+
+def _run_time(entry: Entry) -> float | None:
+    """When a run's adapter was last saved (its weights' time), for order and label."""
+    try:
+        return (entry.adapter / lora.WEIGHTS_FILE).stat().st_mtime
+    except (OSError, TypeError):
+        return None
+
+
+def _method_title(method: str) -> str:
+    try:
+        from engine.align.methods import METHODS
+
+        return getattr(METHODS.get(method), "title", None) or method
+    except Exception:  # noqa: BLE001 - a title is a nicety; the name will do
+        return method
+
+
+def display_name(entry: Entry) -> str:
+    """What a list shows for ``entry``: its group, then what it is (method on reward, step, when) in words;
+    e.g. "Yours · ReFL on colorfulness, step 12 · Dec 07 14:30", "Shipped · Nabla-R2D3 on geometry"."""
+    if entry.adapter is None:
+        return "base (no LoRA)"
+    info, name = entry.info, entry.label.split(": ", 1)[-1]
+    what = ""
+    if info.get("method"):
+        what = _method_title(str(info["method"])) + (f" on {info['reward']}" if info.get("reward") else "")
+        if entry.kind != "shipped" and info.get("step") is not None:
+            what += f", step {info['step']}"
+    if entry.kind == "run":
+        stamp = _run_time(entry)
+        when = time.strftime("%b %d %H:%M", time.localtime(stamp)) if stamp else name
+        return f"{GROUPS['run']} · {what or name} · {when}"
+    if entry.kind == "upload":
+        return f"{GROUPS['upload']} · {name}" + (f" ({what})" if what else "")
+    return f"{GROUPS[entry.kind]} · {what or name}"
 
 
 ALLOWED_FILES = (lora.CONFIG_FILE, lora.WEIGHTS_FILE, lora.INFO_FILE)
@@ -128,6 +188,20 @@ def _upload_name(name: str) -> str:
     return name or "adapter"
 
 
+def _plain_words(err: Exception, folder: Path, zipped: Path | None) -> str:
+    """A check's message for the person who uploaded: the files by their own names (the scratch folder's path
+    left out; "in <their .zip>" for a zip's), and no library error names or internal details."""
+    text = str(err)
+    for file in ALLOWED_FILES:
+        where = f"{file} (in {zipped.name})" if zipped else file
+        text = text.replace(f"{folder / file}", where)
+    text = text.replace(str(folder), "the adapter")
+    text = re.sub(r" \((?:[A-Za-z]+Error|[A-Za-z]+Exception)\b[^()]*(?:\([^()]*\)[^()]*)*\)", "", text)  # (SafetensorError: …)
+    if "safetensors file" in text and "not a readable" in text:
+        text = text.rstrip(".") + ": it is damaged or not an adapter's weights; upload the adapter_model.safetensors that was saved with it."
+    return "The" + text[3:] if text.startswith("the adapter") else text
+
+
 def _check_member(name: str, size: int, total: int) -> None:
     base = Path(name).name
     if base.endswith(lora.PICKLE_SUFFIXES):
@@ -136,6 +210,8 @@ def _check_member(name: str, size: int, total: int) -> None:
     if base not in ALLOWED_FILES:
         raise ValueError(f"{base} is not part of a peft adapter; upload {lora.CONFIG_FILE} and {lora.WEIGHTS_FILE} "
                          f"(and optionally {lora.INFO_FILE}), or a .zip holding just them.")
+    if size == 0:
+        raise ValueError(f"{base} is empty (0 bytes): upload the adapter's saved file again.")
     if size > MAX_UPLOAD_BYTES or total > MAX_UPLOAD_BYTES + 2**20:
         raise ValueError(f"{base} is {size / 2**20:.0f} MB, over the {MAX_UPLOAD_BYTES / 2**20:.0f} MB limit for an adapter.")
 
@@ -152,6 +228,8 @@ def _copy_adapter_files(files: list[Path], out: Path) -> None:
 def _unzip_adapter(path: Path, out: Path) -> None:
     """Only the adapter's files are taken, by base name (no paths from the archive are used), with sizes
     checked from the directory before anything is extracted."""
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path.name} is empty (0 bytes): upload the .zip again.")
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as err:

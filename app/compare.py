@@ -48,11 +48,17 @@ def model_choices() -> list[str]:
     return catalogue().choices()
 
 
+def model_options() -> list[tuple[str, str]]:
+    """The list's (shown name, label): the base, the runs made here (newest first), shipped runs, uploads."""
+    return catalogue().options()
+
+
 def refresh_models(current):
     """The model list read again (runs saved a moment ago appear); kept selections that still exist."""
-    choices = model_choices()
-    kept = [c for c in _as_list(current) if c in choices][:MAX_MODELS]
-    return gr.update(choices=choices, value=kept or [BASE])
+    options = model_options()
+    labels = {label for _, label in options}
+    kept = [c for c in _as_list(current) if c in labels][:MAX_MODELS]
+    return gr.update(choices=options, value=kept or [BASE])
 
 
 def _as_list(models) -> list[str]:
@@ -326,9 +332,9 @@ def build_tab() -> None:
         with gr.Column(scale=2):
             prompt = gr.Textbox(label="Prompt", placeholder="a red chair", max_lines=2)
             with gr.Row():
-                models = gr.Dropdown(model_choices(), value=[BASE], multiselect=True, max_choices=MAX_MODELS, scale=4,
+                models = gr.Dropdown(model_options(), value=[BASE], multiselect=True, max_choices=MAX_MODELS, scale=4,
                                      label=f"Models (up to {MAX_MODELS})", allow_custom_value=True,
-                                     info="base, shipped runs, runs made here (Finetune tab), uploads")
+                                     info="base; yours (runs made here, Finetune tab), newest first; shipped runs; uploads")
                 # allow_custom_value: runs appear while the page is open; the handler checks each name
                 refresh = gr.Button("↻", scale=0, min_width=40)
         with gr.Column(scale=1):
@@ -348,7 +354,7 @@ def build_tab() -> None:
                 views = gr.Image(label="4 views", type="filepath")
             slot_outputs += [column, title, video, views]
     scores = gr.Dataframe(label="Offline rewards on the same renders (rows: models)", interactive=False)
-    plys = gr.File(label="Splats (PLY)", file_count="multiple")
+    plys = gr.File(label="Splats (PLY)", file_count="multiple", interactive=False)  # downloads only
     with gr.Row():
         curves_step = gr.Plot(label="Reward vs step")
         curves_wall = gr.Plot(label="Reward vs wall time")

@@ -131,7 +131,9 @@ def test_a_lora_saved_after_start_appears_and_differs_from_the_base(studio):
     assert "run: late" not in compare.model_choices()
     _random_adapter(studio.root / "runs" / "late" / "adapter")
     update = compare.refresh_models(["base", "run: gone"])
-    assert "run: late" in update["choices"] and update["value"] == ["base"]
+    assert "run: late" in [label for _, label in update["choices"]] and update["value"] == ["base"]
+    shown = dict((label, name) for name, label in update["choices"])
+    assert shown["run: late"].startswith("Yours · ReFL") and list(shown)[:2] == ["base", "run: late"]  # yours first
 
     slots, scores, plys, by_step, *_ = _compare(studio.client, ["run: late", "base", "base"])
     rows = _table(scores)

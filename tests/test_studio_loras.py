@@ -131,6 +131,52 @@ def test_each_bad_upload_gets_a_clear_message_and_adds_nothing(studio, tmp_path)
     assert not [n for n in leftovers if n.startswith(".")], leftovers  # no half-written folders
 
 
+def test_upload_messages_name_the_users_file_in_plain_words(studio, tmp_path):
+    """No scratch-folder paths and no library error names; a 0-byte file is called empty."""
+    from gradio_client import handle_file
+
+    good = _save_random_adapter(tmp_path / "good", seed=6)
+    cfg = (good / "adapter_config.json").read_bytes()
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "adapter_config.json").write_bytes(cfg)
+    (tmp_path / "loose" / "adapter_model.safetensors").write_bytes(b"\x01\x00")  # a header too small to read
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "adapter_config.json").write_bytes(cfg)
+    (tmp_path / "empty" / "adapter_model.safetensors").write_bytes(b"")
+    (tmp_path / "nothing.zip").write_bytes(b"")
+    cases = {
+        "damaged weights": ([tmp_path / "loose" / n for n in ("adapter_config.json", "adapter_model.safetensors")],
+                            "adapter_model.safetensors is not a readable safetensors file"),
+        "damaged, zipped": ([_zip(tmp_path / "mine.zip", {"adapter_config.json": cfg, "adapter_model.safetensors": b"\x01\x00"})],
+                            r"adapter_model.safetensors \(in mine.zip\) is not a readable"),
+        "empty weights": ([tmp_path / "empty" / n for n in ("adapter_config.json", "adapter_model.safetensors")],
+                          r"adapter_model.safetensors is empty \(0 bytes\)"),
+        "empty zip": ([tmp_path / "nothing.zip"], r"nothing.zip is empty \(0 bytes\)"),
+    }
+    for what, (paths, message) in cases.items():
+        with pytest.raises(Exception, match=message) as err:
+            studio.client.predict([handle_file(str(p)) for p in paths], what, "tiny", api_name="/upload_lora")
+        text = str(err.value)
+        assert "tmp-" not in text and "uploads" not in text and "Error:" not in text and "/" not in text, (what, text)
+
+
+def test_lora_list_puts_runs_made_here_first_with_readable_names(studio, tmp_path):
+    from app import catalogue as cat
+    from app.generate import lora_options
+
+    shipped = tmp_path / "shipped"
+    _save_random_adapter(shipped / "geometry" / "nabla-r2d3" / "adapter", seed=7)
+    here = cat.catalogue()
+    options = cat.Catalogue(here.runs_dir, here.uploads_dir, shipped).options()
+    kinds = [label.split(":")[0] for _, label in options]
+    assert kinds[0] == "base" and kinds.index("run") < kinds.index("shipped") < len(kinds)
+    assert [k for k in kinds if k != "base"] == sorted((k for k in kinds if k != "base"), key=["run", "shipped", "upload"].index)
+    shown = dict((label, name) for name, label in options)
+    assert shown["run: r1"].startswith("Yours · ReFL on geometry, step 3 · ")  # method, reward, step and when
+    assert shown["shipped: geometry/nabla-r2d3"] == "Shipped · ReFL on geometry"  # (this test's adapter says refl)
+    assert [label for _, label in lora_options()][0] == "base"
+
+
 def test_oversized_upload_is_refused_before_loading(studio, tmp_path, monkeypatch):
     from gradio_client import handle_file
 
