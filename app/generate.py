@@ -13,7 +13,7 @@ from engine.generate import generate, load_model, write_asset
 from engine.models.tiny import DEFAULT_CHECKPOINT
 from engine.prompts import prompt_notice, validate_prompt
 
-from .catalogue import BASE, catalogue, pool, set_device, zip_adapter
+from .catalogue import BASE, catalogue, display_name, ordered, pool, set_device, zip_adapter
 from .sessions import session_dir
 
 EXAMPLES = [
@@ -85,15 +85,22 @@ def _diffsplat(name: str):
                       prompt_cache=SOURCES.prompt_caches.get(name), dtype=SOURCES.dtype, device=SOURCES.device)
 
 
+def lora_options(model_name: str = "tiny") -> list[tuple[str, str]]:
+    """The LoRA list's (shown name, label) for ``model_name``: those saved for it, and plain peft adapters (their
+    base is checked on load); the base, then the runs made here, the shipped runs, the uploads."""
+    entries = [e for e in catalogue().entries().values()
+               if e.adapter is None or e.info.get("base_model") in (model_name, None)]
+    return [(display_name(e), e.label) for e in ordered(entries)]
+
+
 def lora_choices(model_name: str = "tiny") -> list[str]:
-    """Adapters for ``model_name``: those saved for it, and plain peft adapters (their base is checked on load)."""
-    return [e.label for e in catalogue().entries().values()
-            if e.adapter is None or e.info.get("base_model") in (model_name, None)]
+    """The labels of ``lora_options``: what the generate endpoint takes."""
+    return [label for _, label in lora_options(model_name)]
 
 
 def refresh_loras(model_name: str, current: str | None):
-    choices = lora_choices(model_name or "tiny")
-    return gr.update(choices=choices, value=current if current in choices else BASE)
+    options = lora_options(model_name or "tiny")
+    return gr.update(choices=options, value=current if current in {label for _, label in options} else BASE)
 
 
 def on_model_change(name: str, current: str | None = None):
@@ -151,18 +158,50 @@ def run_generate(prompt, seed, steps, guidance, frames, model_name="tiny", lora=
     return ply, str(files["turntable"]), str(files["views"]), str(files["normals"]), ply, info
 
 
-def upload_lora(files, name, model_name="tiny"):
+def explain_failure(prompt, seed, steps, guidance, frames, model_name="tiny", lora=BASE):
+    """After a refused or failed run: every output cleared (no earlier asset left beside the message, no
+    unexplained error badges) and the info line saying why, in plain words (the error toast fades).
+
+    Returns the Generate outputs (splat viewer, turntable, views, normals, PLY, info) and the mesh outputs
+    (mesh viewer, GLB, mesh info)."""
+    try:
+        validate_prompt(prompt)
+        model_name = model_name or "tiny"
+        if model_name not in model_choices():
+            raise ValueError(f"the model {model_name!r} is not available here.")
+        _lora_entry(lora, model_name)
+        why = "The run did not finish (stopped, or it failed: see the message that appeared)."
+    except gr.Error as err:  # (a ValueError too: first)
+        why = f"The run was refused: {err.message}"
+    except ValueError as err:
+        why = f"The prompt was refused: {err}"
+    info = f"**Nothing was generated.** {why} The previous asset's previews and downloads were cleared."
+    return None, None, None, None, None, info, None, None, ""
+
+
+_UPLOAD_ERRORS: dict[str, str] = {}  # session -> why its last upload was refused, for the page's info line
+
+
+def upload_lora(files, name, model_name="tiny", request: gr.Request = None):
     """Uploaded adapter files (or one .zip) -> a checked adapter in the catalogue, selected in the LoRA list."""
     paths = [getattr(f, "name", f) for f in (files if isinstance(files, list) else [files] if files else [])]
     try:
         entry = catalogue().add_upload(paths, name or None, pool())
     except (OSError, ValueError) as err:
-        raise gr.Error(f"The adapter was not added: {err}") from err
+        message = f"The adapter was not added: {err}"
+        _UPLOAD_ERRORS[getattr(request, "session_hash", None) or ""] = message
+        raise gr.Error(message) from err
     info = entry.info
     msg = (f"Added **{entry.label}**: rank {info.get('rank')}, {info.get('bytes', 0) / 2**20:.1f} MB"
            + (f", trained with {info['method']} on {info['reward']} for {info['step']} steps" if info.get("method") else "")
            + (". It has no r2d3_adapter.json, so its base is unknown; its shapes fit the tiny model." if not info.get("base_fingerprint") else "."))
-    return msg, gr.update(choices=lora_choices(model_name or "tiny"), value=entry.label)
+    return msg, gr.update(choices=lora_options(model_name or "tiny"), value=entry.label)
+
+
+def upload_refused(request: gr.Request = None) -> str:
+    """The upload's info line after a refused upload (the error toast fades): what was wrong, in words."""
+    why = _UPLOAD_ERRORS.pop(getattr(request, "session_hash", None) or "", "The adapter was not added.")
+    return f"⚠️ {why}"
 
 
 def download_lora(label, request: gr.Request = None):
