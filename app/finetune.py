@@ -26,14 +26,16 @@ import plotly.graph_objects as go
 from engine.align.config import RunConfig
 from engine.align.knobs import KnobField, knob_fields, scaled_default
 from engine.align.methods import METHODS
-from engine.align.trainer import Trainer
+from engine.align.run_folder import RunFolder
+from engine.core.io import atomic_write_text
 from engine.generate import load_model
 from engine.prompts import TRAIN_PROMPTS, read_prompts, validate_prompt
 from engine.rewards import list_rewards, reward_span
 
 from .catalogue import catalogue, zip_adapter
 from .curves import read_metrics, read_run_config, reward_figure
-from .jobs import Job, JobBoard
+from .finetunes import Finetunes, job_status, read_status
+from .jobs import LIVE
 from .sessions import session_dir
 
 BUILTIN = "built-in training set"
@@ -116,11 +118,11 @@ def _slug(text: str) -> str:
 
 
 def new_run_dir(method: str, reward: str) -> Path:
-    """A readable, unique run folder under the server's runs dir."""
+    """A readable, unique run folder under the server's runs dir (not one a queued run will take either)."""
     root = catalogue().runs_dir
     base = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(method)}-{_slug(reward)}"
     out, n = root / base, 2
-    while out.exists():
+    while out.exists() or QUEUE.get(out.name) is not None:
         out, n = root / f"{base}-{n}", n + 1
     return out
 
@@ -196,47 +198,32 @@ def build_config(values: dict, prompts_file: Path | None) -> RunConfig:
     return cfg.validate()
 
 
-# ------------------------------------------------------------------------------------ the running job
+# ------------------------------------------------------------------------------------ the server's jobs
 
-JOBS = JobBoard("finetune", one_at_a_time=True)  # a job's info: trainer, out, steps, step, reward
-
-
-def _session(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None)
-
-
-def _train(job: Job) -> None:
-    """The training thread: every step into the job's events (run() saves checkpoint + adapter on the way out)."""
-    for metrics in job.info["trainer"].run():
-        job.info.update(step=metrics["step"], reward=metrics["reward_mean"])
-        job.put("step", metrics)
-
-
-def note_waiting(request: gr.Request = None):
-    """Runs (unqueued) beside each Start click, so Stop can also withdraw a job still in the line."""
-    JOBS.note_waiting(_session(request))
-
-
-def stop_finetune(request: gr.Request = None) -> str:
-    """Ends this session's finetune after its current step (the run folder is saved and resumable)."""
-    mine, withdrew = JOBS.stop(_session(request))
-    if mine:
-        job = mine[0]
-        return f"Stopping after step {job.info['step'] + 1}/{job.info['steps']}; the run is being saved to `{job.info['out']}`."
-    if withdrew:
-        return "Your finetune was still waiting in line; it is withdrawn."
-    return "No finetune of yours is running." + (" (Another session's is: only it can stop it.)" if JOBS.current() else "")
+FINETUNES = Finetunes(lambda: load_model("tiny"))  # its own fresh base per run: the shared Pool keeps serving
+QUEUE = FINETUNES.queue
 
 
 def server_status() -> str:
-    """One line about the server's finetune, for the people waiting."""
-    job = JOBS.current()
+    """One line about the server's finetunes (the one training, how many wait)."""
+    job, waiting = QUEUE.current(), QUEUE.waiting()
     if job is None:
-        return "No finetune is running on this server."
-    cfg = job.info["trainer"].config
-    return (f"A finetune is running on this server: {title(cfg.method)} on {cfg.reward}, "
-            f"step {job.info['step']}/{job.info['steps']}, started {time.strftime('%H:%M', time.localtime(job.started))}. "
-            "Others wait in line (one at a time).")
+        return "No finetune is running on this server." + (f" {len(waiting)} waiting." if waiting else "")
+    started = time.strftime("%H:%M", time.localtime(job.started or job.submitted))
+    cfg = job.info["config"]
+    return (f"Training now: `{job.name}` ({title(cfg.method)} on {cfg.reward}), step {job.step}/{cfg.steps}, "
+            f"started {started}. " + (f"{len(waiting)} waiting (one at a time)." if waiting else ""))
+
+
+def run_folder(name: str | None) -> Path:
+    """A run made on this server, by name (ValueError for anything else: shipped runs are read-only)."""
+    name = (name or "").strip()
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"Run name {name!r}: give the name of a run in the Runs list, e.g. 20261207-101500-refl-geometry.")
+    folder = catalogue().runs_dir / name
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"No run named {name!r} on this server (runs made here are in {catalogue().runs_dir}).")
+    return folder
 
 
 # ------------------------------------------------------------------------------------ live views
@@ -276,7 +263,7 @@ def before_now(run: Path, out_dir: Path) -> str | None:
         return None
     first, last = iio.imread(strips[0]), iio.imread(strips[-1])
     gap = np.full((first.shape[0], 8, first.shape[2]), 255, dtype=first.dtype)
-    path = out_dir / f"before_now_{strips[-1].stem}.png"
+    path = out_dir / f"before_now_{run.name}_{strips[-1].stem}.png"
     if not path.exists():
         iio.imwrite(path, np.concatenate([first, gap, last], axis=1))
     return str(path)
@@ -292,98 +279,29 @@ def metrics_table(rows: list[dict]) -> pd.DataFrame:
     return frame.round(5) if len(frame) else pd.DataFrame(columns=["step", "wall_seconds", "reward_mean", "loss"])
 
 
-# ------------------------------------------------------------------------------------ the handler
+# ------------------------------------------------------------------------------------ the handlers
 
 FIXED_PARAMS = ["method", "reward", "steps", "prompt_source", "prompts", "seed", "lr", "batch_size", "sampler_steps",
                 "render_resolution", "sample_every"]
 
 
-def _finetune(values: dict, request: gr.Request | None, progress):
-    session = _session(request)
-    if not JOBS.take_turn(session):
-        yield "Withdrawn before it started (Stop).", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return
-    work = session_dir(request, "finetune")
+def _start(values: dict) -> str:
     try:
-        prompts_file = None
         if values["prompt_source"] == OWN:
             own = parse_prompts(values["prompts"])
         elif values["prompt_source"] not in (BUILTIN, None):
             raise ValueError(f"prompt_source = {values['prompt_source']!r}: choose {BUILTIN!r} or {OWN!r}.")
         cfg = build_config(values, None)
     except ValueError as err:
-        raise gr.Error(str(err)) from err
-
-    # the previous job's thread may still be saving after its page closed: wait for it, not fail
-    while not JOBS.wait_for_slot(timeout=1.0):
-        yield "Waiting for the previous finetune to save its run folder…", gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    started = False
-    try:
-        out = new_run_dir(cfg.method, cfg.reward)
-        if values["prompt_source"] == OWN:
-            # kept beside the runs (not in the session's temp folder) so config.json still points at it on --resume
-            prompts_file = out.parent / ".prompts" / f"{out.name}.txt"
-            prompts_file.parent.mkdir(parents=True, exist_ok=True)
-            prompts_file.write_text("\n".join(own) + "\n", encoding="utf-8")
-            cfg = dataclasses.replace(cfg, prompts=str(prompts_file))
-        progress(0, desc="Loading the base model")
-        try:
-            # its own fresh base: the shared Pool model keeps serving generation meanwhile
-            trainer = Trainer(cfg, out, model=load_model("tiny"))
-        except (ValueError, FileNotFoundError) as err:
-            raise gr.Error(str(err)) from err
-        job = Job(out.name, session, on_stop=trainer.request_stop,
-                  info={"trainer": trainer, "out": out, "steps": cfg.steps, "step": 0, "reward": None})
-        JOBS.start(job, _train)
-        started = True  # from here the job's thread holds the slot
-    finally:
-        if not started:
-            JOBS.release_slot()
-
-    rows: list[dict] = []
-    shipped = shipped_curves(cfg.reward)
-    table = metrics_table(rows)
-    head = f"Run `{out.name}`: {title(cfg.method)} on **{cfg.reward}**, {cfg.steps} steps."
-    first = "Drawing the 'before' samples of 4 fixed prompts, then step 1…" if cfg.sample_every else "Step 1 running…"
-    progress((0, cfg.steps), desc=first, unit="steps")
-    yield f"{head}\n\n{first}", live_figure(metrics_table(rows), cfg, shipped), None, table, None
-    finished = False
-    try:
-        for kind, item in job.follow():
-            if kind == "error":
-                raise gr.Error(f"The run stopped: {item}. What was saved is in {out}.")
-            if kind == "done":
-                finished = True
-                break
-            rows.append(item)
-            i, n = int(item["step"]), cfg.steps
-            per_step = item["wall_seconds"] / i
-            left = per_step * (n - i)
-            frame = metrics_table(rows)
-            base = rows[0]["reward_mean"]
-            progress((i, n), desc=f"Step {i}/{n}, about {_fmt_seconds(left)} left", unit="steps")
-            status = (f"{head}\n\n**Step {i}/{n}** · reward {item['reward_mean']:.4f} (step 1: {base:.4f}, "
-                      f"{item['reward_mean'] - base:+.4f}) · loss {item['loss']:.4g} · {per_step:.1f} s/step · "
-                      f"about {_fmt_seconds(left)} left")
-            yield status, live_figure(frame, cfg, shipped), before_now(out, work), frame, gr.skip()
-    finally:
-        if not finished and job.thread.is_alive():
-            job.request_stop()  # the page went away: end after this step, the thread saves the run
-    job.thread.join()
-    entry = catalogue().get(f"run: {out.name}")
-    zipped = str(zip_adapter(entry, work))
-    done = trainer.step
-    how = "finished" if done >= cfg.steps else f"stopped at step {done}/{cfg.steps}"
-    frame = metrics_table(rows)
-    trend = ""
-    if len(rows) > 1:
-        trend = f" Reward {rows[0]['reward_mean']:.4f} at step 1 → {rows[-1]['reward_mean']:.4f} at step {done}."
-    status = (f"{head}\n\n**Run {how}.**{trend} Saved to `{out}` (config.json, metrics.csv, adapter/, samples/, "
-              f"checkpoint/). The adapter is **{entry.label}** in the Generate and Compare lists; the zip is below. "
-              + (f"Continue it: `python -m engine.align --config {out}/config.json --out {out} --resume`."
-                 if done < cfg.steps else ""))
-    progress(None)
-    yield status, live_figure(frame, cfg, shipped), before_now(out, work), frame, zipped
+        raise gr.Error(str(err), print_exception=False) from None
+    out = new_run_dir(cfg.method, cfg.reward)
+    if values["prompt_source"] == OWN:
+        # kept beside the runs (not in the session's temp folder) so config.json still points at it on resume
+        prompts_file = out.parent / ".prompts" / f"{out.name}.txt"
+        atomic_write_text(prompts_file, "\n".join(own) + "\n")
+        cfg = dataclasses.replace(cfg, prompts=str(prompts_file))
+    FINETUNES.submit(cfg, out)
+    return out.name
 
 
 def _signature() -> inspect.Signature:
@@ -395,27 +313,158 @@ def _signature() -> inspect.Signature:
     params = [P(name, P.POSITIONAL_OR_KEYWORD, default=fixed[name]) for name in FIXED_PARAMS]
     params += [P(param(k), P.POSITIONAL_OR_KEYWORD, default=None if k.default is None else k.default)
                for knobs in method_knobs().values() for k in knobs]
-    params += [P("request", P.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request),
-               P("progress", P.POSITIONAL_OR_KEYWORD, default=gr.Progress())]
     return inspect.Signature(params)
 
 
-def run_finetune(*args, **kwargs):
-    """Streams the run: (status, reward figure, before|now samples, per-step metrics table, adapter zip).
-    Parameters by name for scripts: the fixed ones, then every method's knobs as <group>_<knob> (e.g.
-    nabla_beta, draft_k, ddpo_clip_range); only the chosen method's are used. A knob declared per unit of the
-    reward's range (nabla_beta) left out follows the reward."""
-    bound = run_finetune.__signature__.bind(*args, **kwargs)
+def start_finetune(*args, **kwargs) -> str:
+    """Starts a finetune, or queues it behind the one training; returns its run name (watch it with /follow, list
+    it with /jobs, stop it with /stop). Parameters by name for scripts: the fixed ones, then every method's knobs
+    as <group>_<knob> (e.g. nabla_beta, draft_k, ddpo_clip_range); only the chosen method's are used. A knob
+    declared per unit of the reward's range (nabla_beta) left out follows the reward."""
+    bound = start_finetune.__signature__.bind(*args, **kwargs)
     bound.apply_defaults()
-    values = dict(bound.arguments)
-    request, progress = values.pop("request"), values.pop("progress")
-    yield from _finetune(values, request, progress)
+    return _start(dict(bound.arguments))
 
 
-# gradio reads the parameter names (the API's) and the special ones (request, progress) from these; build_tab
-# renews the signature, so a method registered before the studio is built has its knobs in the API
-run_finetune.__signature__ = _signature()
-run_finetune.__annotations__ = {"request": gr.Request}
+# gradio reads the API's parameter names from this; build_tab renews it, so a method registered before the
+# studio is built has its knobs in the API
+start_finetune.__signature__ = _signature()
+
+
+def _status_line(name: str, status: dict, rows: list[dict]) -> str:
+    state, steps, planned = status.get("state", "unknown"), len(rows), status.get("planned_steps", "?")
+    head = f"Run `{name}`: {title(status.get('method', ''))} on **{status.get('reward', '?')}**, {planned} steps."
+    if state == "queued":
+        return f"{head}\n\n**Waiting in line**: number {QUEUE.position(name)}. It starts when the run ahead of it ends."
+    if state == "starting":
+        return f"{head}\n\n**Starting**: loading the base model and drawing the 'before' samples…"
+    if state in ("running", "stopping") and not rows:
+        return f"{head}\n\n**Step 1 running…**" + (" (stopping after it)" if state == "stopping" else "")
+    if not rows:
+        return f"{head}\n\n**{state.capitalize()}**" + (f": {status['reason']}" if status.get("reason") else ".")
+    last, first = rows[-1], rows[0]
+    trend = (f"reward {last['reward_mean']:.4f} (step 1: {first['reward_mean']:.4f}, "
+             f"{last['reward_mean'] - first['reward_mean']:+.4f}) · loss {last['loss']:.4g}")
+    if state in ("running", "stopping"):
+        per_step = last["wall_seconds"] / max(1, last["step"])
+        left = per_step * (planned - last["step"]) if isinstance(planned, int) else 0
+        return (f"{head}\n\n**Step {int(last['step'])}/{planned}** · {trend} · {per_step:.1f} s/step · about "
+                f"{_fmt_seconds(left)} left" + (" · **stopping after this step**" if state == "stopping" else ""))
+    how = {"finished": "Run finished", "stopped": f"Run stopped at step {steps}/{planned}",
+           "killed": f"Run cut off at step {steps}/{planned} (the server stopped)",
+           "failed": "Run failed"}.get(state, f"Run {state}")
+    reason = f" ({status['reason']})" if status.get("reason") and state == "failed" else ""
+    more = " Resume continues it from its last checkpoint." if state in ("stopped", "killed", "failed") else ""
+    return (f"{head}\n\n**{how}.**{reason} {trend}. The adapter is **run: {name}** in the Generate and Compare "
+            f"lists; the zip is below.{more}")
+
+
+def view(name: str | None, work: Path | None) -> tuple:
+    """(status, figure, before|now samples, metrics table, adapter zip or None) of a run as it is now."""
+    folder = run_folder(name)
+    rf, status = RunFolder(folder), read_status(folder, QUEUE)
+    rows = [{k: float(v) for k, v in r.items() if v not in ("", None)} for r in rf.metrics_rows()]
+    cfg = rf.load_config()
+    frame = metrics_table(rows)
+    zipped = None
+    if status.get("state") not in LIVE and (folder / "adapter").is_dir() and work is not None and work.is_dir():
+        zipped = str(zip_adapter(catalogue().get(f"run: {name}"), work))
+    samples = before_now(folder, work) if work is not None else None
+    return _status_line(name, status, rows), live_figure(frame, cfg, shipped_curves(cfg.reward)), samples, frame, zipped
+
+
+def run_view(name: str, work: Path | None) -> tuple:
+    """view() of a run, or the line's word on one still waiting (no folder yet); ValueError for an unknown name."""
+    try:
+        return view(name, work)
+    except ValueError:
+        job = QUEUE.get(name)
+        if job is None:
+            raise
+        return (_status_line(name, job_status(job), []), None, None, metrics_table([]), None)
+
+
+def _live(name: str) -> bool:
+    job = QUEUE.get(name)
+    return job is not None and job.live
+
+
+def follow(run: str, request: gr.Request = None):
+    """Streams a run's view (status, figure, samples, metrics table, adapter zip) as it changes until it ends;
+    any client may follow any run made on this server, while it waits, trains or after."""
+    work, last = session_dir(request, "finetune"), None
+    while True:
+        live = _live(run)
+        try:
+            now = run_view((run or "").strip(), work)
+        except ValueError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        if now[0] != last or not live:
+            yield now
+            last = now[0]
+        if not live:
+            return
+        time.sleep(1.0)
+
+
+def jobs_table() -> pd.DataFrame:
+    """Every run made on this server, newest first: name, method, reward, steps done/planned, state (with the
+    position in line), started, and the reason of a failure."""
+    rows = []
+    root = catalogue().runs_dir
+    folders = sorted((p for p in root.iterdir() if (p / "config.json").is_file()), reverse=True) if root.is_dir() else []
+    names = {p.name for p in folders}
+    for job in QUEUE.waiting():  # queued runs have no folder yet
+        if job.name not in names:
+            cfg = job.info["config"]
+            rows.append({"run": job.name, "method": cfg.method, "reward": cfg.reward, "steps": 0,
+                         "planned": cfg.steps, "state": f"queued ({QUEUE.position(job.name)} in line)",
+                         "started": "", "reason": ""})
+    for folder in folders:
+        status = read_status(folder, QUEUE)
+        if not status:
+            cfg = RunFolder(folder).config_dict()
+            status = {"state": "unknown", "method": cfg.get("method"), "reward": cfg.get("reward"),
+                      "planned_steps": cfg.get("steps"), "steps": len(RunFolder(folder).metrics_rows())}
+        state = status.get("state", "unknown")
+        if state == "queued":
+            state = f"queued ({QUEUE.position(folder.name)} in line)"
+        started = status.get("started") or status.get("submitted")
+        rows.append({"run": folder.name, "method": status.get("method"), "reward": status.get("reward"),
+                     "steps": status.get("steps", 0), "planned": status.get("planned_steps"), "state": state,
+                     "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "",
+                     "reason": status.get("reason", "")})
+    return pd.DataFrame(rows, columns=["run", "method", "reward", "steps", "planned", "state", "started", "reason"])
+
+
+def stop_run(run: str) -> str:
+    """Stops a run after its current step (saved, resumable) or withdraws it from the line; any page may."""
+    name = (run or "").strip()
+    job, what = QUEUE.stop(name)
+    if what == "stopping":
+        return f"Stopping run `{name}` after step {job.step + 1}; it is saved and can be resumed."
+    if what == "withdrawn":
+        return f"Run `{name}` was still waiting in line; it is withdrawn."
+    return f"Run `{name}` has {what}." if job else f"Run `{name}` is not training or waiting on this server."
+
+
+def resume_run(run: str, steps: float | None = None) -> str:
+    """Queues a stopped, failed or cut-off run to continue from its last checkpoint (``steps``: a new total, to
+    train a finished run longer); returns its name."""
+    try:
+        folder = run_folder(run)
+        cfg = RunFolder(folder).load_config()
+        if steps not in (None, ""):
+            cfg = dataclasses.replace(cfg, steps=_number(steps, "steps", int))
+            if not 1 <= cfg.steps <= MAX_STEPS:
+                raise ValueError(f"steps = {cfg.steps}: must be in [1, {MAX_STEPS}] in the studio.")
+        done = len(RunFolder(folder).metrics_rows())
+        if done >= cfg.steps:
+            raise ValueError(f"Run {folder.name} has trained {done} of {cfg.steps} steps; give more steps to train it longer.")
+        FINETUNES.submit(cfg, folder, resume=True)
+    except ValueError as err:
+        raise gr.Error(str(err), print_exception=False) from None
+    return folder.name
 
 
 def on_method_change(method: str, batch_size):
@@ -454,7 +503,7 @@ def on_prompt_source(source: str):
 
 def build_tab() -> None:
     """Creates the tab's components and events inside the current gr.Tab."""
-    run_finetune.__signature__ = _signature()  # every method registered by now
+    start_finetune.__signature__ = _signature()  # every method registered by now
     available, _ = reward_status()
     with gr.Row():
         with gr.Column(scale=1):
@@ -491,28 +540,92 @@ def build_tab() -> None:
                 groups.append(box)
             with gr.Row():
                 start = gr.Button("Start", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
-            stop_info = gr.Markdown()
             server = gr.Markdown(server_status())
         with gr.Column(scale=2):
-            status = gr.Markdown("Choose the settings and press Start.")
+            with gr.Row():
+                run = gr.Textbox(label="Run shown", max_lines=1, scale=4,
+                                 info="the run this page follows: the one you started, the server's current one, or any "
+                                      "run picked in the list below")
+                stop = gr.Button("Stop", variant="stop", scale=1, min_width=80)
+                resume = gr.Button("Resume", scale=1, min_width=80)
+                more = gr.Number(label="Total steps (resume)", precision=0, scale=1, min_width=120,
+                                 info="empty: the run's own; more trains a finished run longer")
+            status = gr.Markdown("Choose the settings and press Start. A run trains on the server: close or reload "
+                                 "the page and it goes on; any page can follow, stop or resume it.")
             plot = gr.Plot(label="Reward per step")
             # an explicit height: gradio's <img> loads lazily and has no size of its own until it has loaded, so
             # while it was out of view (Start sits far below it when a method has many knobs) its frame was 0 px
             samples = gr.Image(label="Fixed prompts, seeds 0-3: before (left) vs now (right), RGB over normals",
                                type="filepath", height=SAMPLES_HEIGHT)
             table = gr.Dataframe(label="Metrics per step", interactive=False, wrap=False, max_height=300)
-            zipped = gr.File(label="Adapter (.zip): upload it elsewhere, or load with engine.models.lora")
+            zipped = gr.File(label="Adapter (.zip): upload it elsewhere, or load with engine.models.lora", interactive=False)
+            with gr.Accordion("Runs on this server", open=False):
+                runs = gr.Dataframe(jobs_table(), label="Runs (newest first): pick one to show it", interactive=False,
+                                    wrap=False, max_height=300)
+                refresh = gr.Button("Refresh the list", size="sm")
+            follow_api = gr.Button(visible=False)  # the /follow endpoint: streams a run's view to an API client
     inputs = [method, reward, steps, prompt_source, prompts, seed, lr, batch_size, sampler_steps, render_resolution,
               sample_every, *knob_inputs]
+    views = [status, plot, samples, table, zipped]
     method.change(on_method_change, [method, batch_size], [*groups, batch_size], queue=False, api_visibility="private")
     if scaled:
         reward.change(_on_reward_change_page, reward, scaled, queue=False, api_visibility="private")
     prompt_source.change(on_prompt_source, prompt_source, prompts, queue=False, api_visibility="private")
-    start.click(note_waiting, None, None, queue=False, api_visibility="private")
-    start.click(run_finetune, inputs, [status, plot, samples, table, zipped], api_name="finetune",
-                concurrency_limit=1, concurrency_id="finetune")
-    stop.click(stop_finetune, None, stop_info, queue=False, api_name="stop_finetune")
-    # the people in line see who is training and how far it is
-    timer = gr.Timer(5)
-    timer.tick(server_status, None, server, queue=False, api_visibility="private")
+    start.click(start_finetune, inputs, run, api_name="finetune").then(
+        _show, [run], [*views, run, server], api_visibility="private")
+    stop.click(stop_run, run, status, api_name="stop")
+    resume.click(resume_run, [run, more], run, api_name="resume").then(
+        _show, [run], [*views, run, server], api_visibility="private")
+    refresh.click(jobs_table, None, runs, api_name="jobs")
+    runs.select(_picked, runs, run, api_visibility="private").then(_show, [run], [*views, run, server],
+                                                                  api_visibility="private")
+    follow_api.click(follow, run, views, api_name="follow")
+    # the page follows its run from the server's state: a reloaded page or another browser sees the same job
+    timer = gr.Timer(2)
+    timer.tick(_tick, [run], [*views, run, server], api_visibility="private", show_progress="hidden")
+    slow = gr.Timer(10)
+    slow.tick(jobs_table, None, runs, api_visibility="private", show_progress="hidden")
+
+
+def _picked(frame: pd.DataFrame, event: gr.SelectData):
+    row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+    return str(frame.iloc[row]["run"]) if 0 <= row < len(frame) else gr.skip()
+
+
+def _attach(run: str | None) -> str | None:
+    """The run a page shows: its own choice, else the run training now, else the first in line."""
+    if run:
+        return run
+    job = QUEUE.current() or next(iter(QUEUE.waiting()), None)
+    return job.name if job else None
+
+
+def _show(run: str | None, request: gr.Request = None):
+    """The page's views of its run, now (or of the server's current run when the page has none)."""
+    name = _attach((run or "").strip())
+    if not name:
+        return (*[gr.skip()] * 5, gr.skip(), server_status())
+    try:
+        views = run_view(name, session_dir(request, "finetune"))
+    except ValueError as err:
+        views = (str(err), gr.skip(), gr.skip(), gr.skip(), gr.skip())
+    return (*views, name, server_status())
+
+
+_LAST: dict[tuple, tuple] = {}  # (session, run) -> what the page was last sent (a tick that changes nothing sends nothing)
+
+
+def _tick(run: str | None, request: gr.Request = None):
+    name = _attach((run or "").strip())
+    if not name:
+        return (*[gr.skip()] * 6, server_status())
+    key = (getattr(request, "session_hash", None), name)
+    rf = RunFolder(catalogue().runs_dir / name)
+    job = QUEUE.get(name)
+    stamp = (job.state if job else None, job.step if job else None,
+             rf.metrics_file.stat().st_mtime if rf.metrics_file.exists() else None,
+             len(list(rf.samples.glob("*.png"))) if rf.samples.is_dir() else 0)
+    if _LAST.get(key) == stamp and run:
+        return (*[gr.skip()] * 6, server_status())
+    _LAST[key] = stamp
+    return _show(name, request)

@@ -1,35 +1,46 @@
-"""Background jobs of the studio's tabs (finetunes, theory runs): who runs what, who waits, and Stop.
+"""Background jobs of the studio's tabs: who runs what, who waits, and Stop.
 
-A tab keeps one :class:`JobBoard`. A job is a unit of work with a stop flag, owned by the browser session
-that started it; only that session can stop it. A board may allow one job at a time (a finetune takes both
-cores): then the job holds the board's slot from its start until its thread ends, so a job whose page
-closed still finishes its step and saves before the next starts. Starts that wait in gradio's queue are
-counted per session, so Stop can withdraw one before it runs.
+Two shapes, one :class:`Job`:
+
+* :class:`JobQueue` (Finetune): jobs of the server, not of a page. Requests wait in one line and a worker
+  thread runs them one at a time in order (a finetune takes both cores); any page may watch, stop or
+  withdraw one, and a job goes on when the page that started it closes.
+* :class:`JobBoard` (Theory): jobs that run inside a page's own streaming handler, listed while they run;
+  only the session that started one can stop it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import queue
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+log = logging.getLogger(__name__)
+LIVE = ("queued", "starting", "running", "stopping")
+
 
 @dataclass(eq=False)
 class Job:
-    """One piece of background work. ``work(job)`` runs in the job's thread (``start``) or in the caller's
-    (``JobBoard.track``); it reports through ``job.put`` and checks ``job.stopping``."""
+    """One piece of background work: its state, and the stop flag its work checks between steps."""
 
     name: str
-    session: str | None
-    on_stop: Callable[[], None] | None = None  # called once by request_stop (e.g. the trainer's own stop)
-    events: queue.Queue = field(default_factory=queue.Queue)  # (kind, item); the thread ends with ("done"|"error", ...)
-    started: float = field(default_factory=time.time)
+    session: str | None = None
+    on_stop: Callable[[], None] | None = None  # called once by request_stop (e.g. a trainer's own stop)
+    info: dict = field(default_factory=dict)  # what the work needs and what the tab shows
+    state: str = "queued"  # queued | starting | running | stopping, then the work's end state, or withdrawn
+    reason: str = ""  # why it failed
+    step: int = 0
+    submitted: float = field(default_factory=time.time)
+    started: float | None = None
+    ended: float | None = None
     stop_flag: threading.Event = field(default_factory=threading.Event)
-    thread: threading.Thread | None = None
-    info: dict = field(default_factory=dict)  # what the tab shows about it (step, reward, ...)
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
 
     @property
     def stopping(self) -> bool:
@@ -41,94 +52,124 @@ class Job:
             if self.on_stop is not None:
                 self.on_stop()
 
-    def put(self, kind: str, item=None) -> None:
-        self.events.put((kind, item))
 
-    def follow(self) -> Iterator[tuple[str, object]]:
-        """The job's events until it ends: ("done", None) or ("error", exception) last."""
+class JobQueue:
+    """Server jobs run one at a time in order by one worker thread. ``work(job)`` trains (or whatever the job
+    is), updates ``job.step``, honours ``job.stopping`` and returns the end state ("finished", "stopped", ...);
+    an exception makes it "failed" with the message as its reason (a traceback in the log only for faults
+    that are not ``quiet``: the job's own errors, e.g. a bad config, are one line)."""
+
+    def __init__(self, work: Callable[[Job], str], quiet: tuple[type[BaseException], ...] = (ValueError,)):
+        self._run, self._quiet = work, quiet
+        self._cond = threading.Condition()  # re-entrant: the public methods call each other under it
+        self._queue: list[Job] = []
+        self._current: Job | None = None
+        self._recent: dict[str, Job] = {}  # ended jobs of this server, by name
+        self._worker: threading.Thread | None = None
+
+    def submit(self, job: Job) -> Job:
+        with self._cond:
+            known = self.get(job.name)
+            if known is not None and known.live:
+                raise ValueError(f"{job.name} is already {known.state}.")
+            self._recent.pop(job.name, None)
+            self._queue.append(job)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="job-worker", daemon=True)
+                self._worker.start()
+            self._cond.notify_all()
+        return job
+
+    def stop(self, name: str) -> tuple[Job | None, str]:
+        """Asks a running job to stop after its current step, or withdraws a waiting one: (the job or None,
+        "stopping" | "withdrawn" | its state when it has ended | "unknown")."""
+        with self._cond:
+            job = self.get(name)
+            if job is None:
+                return None, "unknown"
+            if not job.live:
+                return job, job.state
+            if job.state == "queued":
+                self._queue.remove(job)
+                job.state, job.ended = "withdrawn", time.time()
+                self._recent[name] = job
+                self._cond.notify_all()
+                return job, "withdrawn"
+            job.state = "stopping"
+        job.request_stop()
+        return job, "stopping"
+
+    def get(self, name: str) -> Job | None:
+        with self._cond:
+            if self._current is not None and self._current.name == name:
+                return self._current
+            return next((j for j in self._queue if j.name == name), None) or self._recent.get(name)
+
+    def forget(self, name: str) -> None:
+        """Drops an ended job from memory (its record, e.g. a run folder's status, is the truth after that)."""
+        with self._cond:
+            self._recent.pop(name, None)
+
+    def current(self) -> Job | None:
+        return self._current
+
+    def waiting(self) -> list[Job]:
+        with self._cond:
+            return list(self._queue)
+
+    def position(self, name: str) -> int | None:
+        """1 for the first in line, 2 for the next, ...; 0 while it runs; None when not live."""
+        with self._cond:
+            if self._current is not None and self._current.name == name:
+                return 0
+            names = [j.name for j in self._queue]
+            return names.index(name) + 1 if name in names else None
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Blocks until nothing waits or runs (tests, shutdown)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and self._current is None, timeout)
+
+    def _work(self) -> None:
         while True:
-            kind, item = self.events.get()
-            yield kind, item
-            if kind in ("done", "error"):
-                return
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._queue))
+                job = self._queue.pop(0)
+                self._current, job.state = job, "starting"
+            try:
+                job.state = self._run(job)
+            except self._quiet as err:  # the job's own problem: one line
+                job.state, job.reason = "failed", str(err)
+                log.warning("job %s failed: %s", job.name, err)
+            except Exception as err:  # a fault: the whole story in the log
+                job.state, job.reason = "failed", f"{type(err).__name__}: {err}"
+                log.exception("job %s failed", job.name)
+            finally:
+                job.ended = time.time()
+                with self._cond:
+                    self._current = None
+                    self._recent[job.name] = job
+                    self._cond.notify_all()
 
 
 class JobBoard:
-    """The running and waiting jobs of one kind on this server."""
+    """Jobs that run in a page's own handler thread, listed while they run; Stop reaches one's own only."""
 
-    def __init__(self, kind: str, *, one_at_a_time: bool = False):
+    def __init__(self, kind: str):
         self.kind = kind
-        self._slot = threading.Lock() if one_at_a_time else None  # held by the running job (one_at_a_time)
-        self._state = threading.Lock()  # guards the three below
+        self._state = threading.Lock()
         self._running: list[Job] = []
-        self._waiting: dict[str, int] = {}  # session -> starts waiting in the queue
-        self._withdrawn: set[str] = set()  # sessions whose waiting start is to end as soon as it runs
-
-    # -- the line ------------------------------------------------------------------------------------
-    def note_waiting(self, session: str | None) -> None:
-        """A start was clicked (it may wait in gradio's queue): Stop can withdraw it until it runs."""
-        if session:
-            with self._state:
-                self._waiting[session] = self._waiting.get(session, 0) + 1
-                self._withdrawn.discard(session)
-
-    def take_turn(self, session: str | None) -> bool:
-        """The start's turn came: False when Stop withdrew it meanwhile."""
-        with self._state:
-            if session and self._waiting.get(session):
-                self._waiting[session] -= 1
-            if session in self._withdrawn:
-                self._withdrawn.discard(session)
-                return False
-        return True
-
-    def wait_for_slot(self, timeout: float = 1.0) -> bool:
-        """One-at-a-time boards: True once the slot is this caller's (it passes to the job :meth:`start` runs;
-        call :meth:`release_slot` if no job starts). Poll with a timeout to keep a page informed meanwhile."""
-        return True if self._slot is None else self._slot.acquire(timeout=timeout)
-
-    def release_slot(self) -> None:
-        if self._slot is not None:
-            self._slot.release()
-
-    @property
-    def busy(self) -> bool:
-        """A one-at-a-time board's slot is taken (a job runs or is being set up)."""
-        return self._slot is not None and self._slot.locked()
-
-    # -- running -------------------------------------------------------------------------------------
-    def start(self, job: Job, work: Callable[[Job], None]) -> Job:
-        """Runs ``work(job)`` in a thread of its own; its end (or exception) is the job's last event. On a
-        one-at-a-time board the caller holds the slot (wait_for_slot); the thread releases it when done."""
-        def run():
-            try:
-                work(job)
-                job.put("done")
-            except BaseException as err:  # noqa: BLE001 - reported to the page; the slot must be freed regardless
-                job.put("error", err)
-            finally:
-                self._remove(job)
-                self.release_slot()
-
-        job.thread = threading.Thread(target=run, name=f"{self.kind}-{job.name}", daemon=True)
-        with self._state:
-            self._running.append(job)
-        job.thread.start()
-        return job
 
     @contextlib.contextmanager
     def track(self, job: Job) -> Iterator[Job]:
-        """A job that runs in the caller's own thread (e.g. a streaming handler): listed while the block runs."""
+        """Lists ``job`` while the block runs (the block is the job: it checks ``job.stopping``)."""
+        job.state = "running"
         with self._state:
             self._running.append(job)
         try:
             yield job
         finally:
-            self._remove(job)
-
-    def _remove(self, job: Job) -> None:
-        with self._state:
-            if job in self._running:
+            with self._state:
                 self._running.remove(job)
 
     def running(self, session: str | None = ...) -> list[Job]:
@@ -136,19 +177,9 @@ class JobBoard:
         with self._state:
             return [j for j in self._running if session is ... or j.session == session]
 
-    def current(self) -> Job | None:
-        """The oldest running job, if any (the one on a one-at-a-time board)."""
-        jobs = self.running()
-        return jobs[0] if jobs else None
-
-    def stop(self, session: str | None) -> tuple[list[Job], bool]:
-        """Stops ``session``'s running jobs after their current step, or withdraws its waiting start:
-        (the jobs asked to stop, whether a waiting start was withdrawn)."""
-        with self._state:
-            mine = [j for j in self._running if j.session == session]
-            withdrew = not mine and bool(session and self._waiting.get(session))
-            if withdrew:
-                self._withdrawn.add(session)
+    def stop(self, session: str | None) -> list[Job]:
+        """Stops ``session``'s running jobs after their current step; returns them."""
+        mine = self.running(session)
         for job in mine:
             job.request_stop()
-        return mine, withdrew
+        return mine

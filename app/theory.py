@@ -436,7 +436,7 @@ def run_theory(world, reward, methods, beta, steps, request: gr.Request = None):
 
 def stop_theory(request: gr.Request = None) -> str:
     """Ends this session's theory runs after their current update."""
-    mine, _ = JOBS.stop(getattr(request, "session_hash", None))
+    mine = JOBS.stop(getattr(request, "session_hash", None))
     return "Stopping…" if mine else "No theory run of yours is running."
 
 

@@ -105,7 +105,7 @@ def test_a_registered_method_is_in_the_studio_with_its_knobs(toy):
     assert ["Toy method", "toy-method"] in [list(x) for x in methods["props"]["choices"]]
     labels = {c.get("props", {}).get("label") for c in config["components"]}
     assert "gain (g)" in labels and "Toy method settings" in labels
-    assert "toy_gain" in inspect.signature(finetune.run_finetune).parameters  # the API takes its knobs
+    assert "toy_gain" in inspect.signature(finetune.start_finetune).parameters  # the API takes its knobs
 
 
 def test_a_registered_method_is_in_the_study_sweep(toy):

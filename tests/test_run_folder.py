@@ -157,7 +157,7 @@ def test_run_folder_config_and_layout(tmp_path):
     assert run.holds_run() and run.load_config().to_dict() == config.to_dict()
     assert run.config_dict() == json.loads(run.config_file.read_text())
     names = [p.name for p in (run.config_file, run.metrics_file, run.eval_file, run.adapter, run.samples,
-                               run.checkpoint, run.checkpoint_old)]
+                               run.checkpoint, run.checkpoint_old, run.status_file)]
     assert tuple(names) == RUN_FILES
     assert run.sample_file(7) == run.path / "samples" / "step_0007.png" and run.status_file.name == "status.json"
 

@@ -1,44 +1,57 @@
-"""The studio's shared job board (app/jobs.py): one at a time, Stop only one's own, withdraw while waiting."""
+"""The studio's jobs (app/jobs.py): a server queue run one at a time in order, and page-scoped jobs."""
 
 import threading
+import time
 
-from app.jobs import Job, JobBoard
+from app.jobs import Job, JobBoard, JobQueue
 
 
-def test_one_at_a_time_board_holds_the_slot_until_the_job_ends_even_when_it_fails():
-    board = JobBoard("test", one_at_a_time=True)
-    release = threading.Event()
+def test_the_queue_runs_jobs_one_at_a_time_in_order_and_a_failure_does_not_stop_it():
+    order, gate = [], threading.Event()
 
     def work(job):
-        release.wait(5)
-        raise RuntimeError("broken")
+        order.append((job.name, "start"))
+        if job.name == "a":
+            gate.wait(5)
+        if job.name == "b":
+            raise ValueError("bad config")
+        order.append((job.name, "end"))
+        return "finished"
 
-    assert board.wait_for_slot()
-    job = board.start(Job("a", "s1"), work)
-    assert board.busy and board.current() is job and not board.wait_for_slot(timeout=0.05)
-    release.set()
-    events = list(job.follow())
-    assert events[-1][0] == "error" and str(events[-1][1]) == "broken"
-    job.thread.join(5)
-    assert not board.busy and board.current() is None and board.wait_for_slot(timeout=0.05)
+    queue = JobQueue(work)
+    for name in "abc":
+        queue.submit(Job(name))
+    time.sleep(0.2)
+    assert queue.current().name == "a" and queue.position("a") == 0 and queue.position("c") == 2
+    gate.set()
+    assert queue.wait_idle(timeout=5)
+    assert order == [("a", "start"), ("a", "end"), ("b", "start"), ("c", "start"), ("c", "end")]
+    assert queue.get("b").state == "failed" and queue.get("b").reason == "bad config"
+    assert queue.get("c").state == "finished" and queue.get("a").ended <= queue.get("c").ended
 
 
-def test_stop_reaches_only_the_sessions_own_job_and_calls_its_stop_once():
+def test_stop_reaches_a_running_job_once_and_withdraws_a_waiting_one():
+    calls, gate = [], threading.Event()
+
+    def work(job):
+        gate.wait(5)
+        return "stopped" if job.stopping else "finished"
+
+    queue = JobQueue(work)
+    running = queue.submit(Job("a", on_stop=lambda: calls.append("a")))
+    queue.submit(Job("b"))
+    time.sleep(0.2)
+    assert queue.stop("b")[1] == "withdrawn" and queue.position("b") is None
+    assert queue.stop("a") == (running, "stopping") and queue.stop("a")[1] == "stopping"
+    assert calls == ["a"]  # the job's own stop, once
+    gate.set()
+    assert queue.wait_idle(timeout=5)
+    assert queue.get("a").state == "stopped" and queue.stop("a")[1] == "stopped" and queue.stop("x") == (None, "unknown")
+
+
+def test_a_board_lists_a_pages_jobs_while_they_run_and_stops_only_its_own():
     board = JobBoard("test")
-    calls = []
-    with board.track(Job("a", "s1", on_stop=lambda: calls.append("a"))) as a:
-        assert board.stop("s2") == ([], False)
-        mine, withdrew = board.stop("s1")
-        assert mine == [a] and not withdrew and a.stopping
-        board.stop("s1")
-        assert calls == ["a"]
+    with board.track(Job("a", "s1")) as a:
+        assert board.stop("s2") == []
+        assert board.stop("s1") == [a] and a.stopping
     assert board.running("s1") == []
-
-
-def test_a_waiting_start_is_withdrawn_by_stop_and_the_next_one_runs():
-    board = JobBoard("test")
-    board.note_waiting("s1")
-    assert board.stop("s1") == ([], True)
-    assert board.take_turn("s1") is False  # the withdrawn start ends as soon as its turn comes
-    board.note_waiting("s1")
-    assert board.take_turn("s1") is True

@@ -7,7 +7,8 @@
     samples/         step_NNNN.png strips
     checkpoint/      adapter, optimiser, method state and counters (written by the trainer), swapped in whole:
                      built as checkpoint-new/, the previous one kept as checkpoint-old/ until the new is in place
-    status.json      written beside the others by bench/compare_methods.py (shipped runs have one)
+    status.json      state, reason and steps, written by whoever runs the trainer (the studio's finetune jobs,
+                     the study)
 
 The CSV files are plain ``csv`` with a header; their rows are appended and truncated back to a step on resume.
 """
@@ -23,7 +24,7 @@ from typing import Iterator
 from ..core.io import atomic_save, building_folder
 from .config import RunConfig
 
-RUN_FILES = ("config.json", "metrics.csv", "eval.csv", "adapter", "samples", "checkpoint", "checkpoint-old")
+RUN_FILES = ("config.json", "metrics.csv", "eval.csv", "adapter", "samples", "checkpoint", "checkpoint-old", "status.json")
 CHECKPOINT_MARKER = "trainer.json"  # the file a complete checkpoint folder holds
 
 
