@@ -543,7 +543,7 @@ def build_tab() -> None:
             server = gr.Markdown(server_status())
         with gr.Column(scale=2):
             with gr.Row():
-                run = gr.Textbox(label="Run shown", max_lines=1, scale=4,
+                run = gr.Textbox(label="Run shown", max_lines=1, scale=4, elem_id="finetune-run",
                                  info="the run this page follows: the one you started, the server's current one, or any "
                                       "run picked in the list below")
                 stop = gr.Button("Stop", variant="stop", scale=1, min_width=80)
