@@ -365,7 +365,7 @@ def stream(world: str = DEFAULTS["world"], reward: str = DEFAULTS["reward"], met
     try:
         world, reward, methods, beta, steps = check_inputs(world, reward, methods, beta, steps)
     except ValueError as err:
-        raise gr.Error(str(err)) from err
+        raise gr.Error(str(err), print_exception=False) from None  # bad input: one line, no traceback
     stop = stop or threading.Event()
     t_start = time.perf_counter()
     sc = scene(world, reward, beta)

@@ -96,7 +96,7 @@ def _rows(table) -> list[dict]:
 
 
 class Finetune:
-    """One /finetune call watched in a thread: each metric row with the client time it arrived."""
+    """One finetune (/finetune, then /follow) watched in a thread: each metric row with the client time it arrived."""
 
     def __init__(self, url: str, downloads: Path, settings: dict, timeout: float):
         self.settings, self.timeout = settings, timeout
@@ -111,13 +111,15 @@ class Finetune:
     def _watch(self) -> None:
         t0 = time.perf_counter()
         try:
-            job = self.client.submit(api_name="/finetune", **self.settings)
+            run = self.client.predict(api_name="/finetune", **self.settings)  # a server job: its run name
+            job = self.client.submit(run, api_name="/follow")  # its views as they change, to its end
             seen = 0
             while True:
                 outputs = job.outputs()
                 for update in outputs[seen:]:
-                    self.started.set()
                     self.status = update[0] or self.status
+                    if "**Waiting" not in self.status and "**Starting" not in self.status:
+                        self.started.set()  # the trainer is built (step 1 runs)
                     rows = _rows(update[3])
                     for row in rows[len(self.rows):]:
                         self.rows.append(row)
