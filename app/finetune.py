@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import math
 import re
 import time
@@ -30,7 +31,7 @@ from engine.align.run_folder import RunFolder
 from engine.core.io import atomic_write_text
 from engine.generate import load_model
 from engine.prompts import TRAIN_PROMPTS, read_prompts, validate_prompt
-from engine.rewards import list_rewards, reward_span
+from engine.rewards import list_rewards, parse_ensemble, reward_span
 
 from .catalogue import catalogue, zip_adapter
 from .curves import read_metrics, read_run_config, reward_figure
@@ -437,6 +438,50 @@ def jobs_table() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["run", "method", "reward", "steps", "planned", "state", "started", "reason"])
 
 
+MAX_CONFIG_BYTES = 100_000
+
+
+def config_of(run: str | None) -> str | None:
+    """The shown run's config.json, for download (None while it has none)."""
+    try:
+        return str(run_folder(run) / "config.json")
+    except ValueError:
+        return None
+
+
+def start_from_config(file) -> str:
+    """Starts (queues) a new run with the settings of an uploaded config.json (a run's, from any server);
+    returns its name. Refused with the engine's message when the file is not a config this version accepts."""
+    try:
+        path = Path(file if isinstance(file, (str, Path)) else getattr(file, "name", ""))
+        if not path.is_file():
+            raise ValueError("Choose a config.json to start from (download one from a run shown here).")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ValueError(f"{path.name} is {path.stat().st_size:,} bytes; a run's config.json is a few kB.")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path.name} is not JSON ({err}).") from None
+        cfg = RunConfig.from_dict(data)
+        if cfg.model != "tiny" or cfg.weights or cfg.device != "cpu":
+            raise ValueError(f"{path.name} trains model={cfg.model!r} (weights {cfg.weights!r}, device {cfg.device!r}); "
+                             "the studio trains the embedded tiny model on its own device: use python -m engine.align.")
+        if cfg.prompts:
+            read_prompts(cfg.prompts)  # its prompt file must be on this server
+        available, missing = reward_status()
+        for name, _ in parse_ensemble(cfg.reward):
+            if name not in available:
+                raise ValueError(f"reward {name!r} cannot run here: {dict(missing).get(name, 'unknown reward')}.")
+        if not 1 <= cfg.steps <= MAX_STEPS:
+            raise ValueError(f"steps = {cfg.steps}: must be in [1, {MAX_STEPS}] in the studio.")
+        cfg = cfg.validate()
+    except (ValueError, FileNotFoundError) as err:
+        raise gr.Error(str(err), print_exception=False) from None
+    out = new_run_dir(cfg.method, cfg.reward)
+    FINETUNES.submit(cfg, out)
+    return out.name
+
+
 def stop_run(run: str) -> str:
     """Stops a run after its current step (saved, resumable) or withdraws it from the line; any page may."""
     name = (run or "").strip()
@@ -563,6 +608,10 @@ def build_tab() -> None:
                 runs = gr.Dataframe(jobs_table(), label="Runs (newest first): pick one to show it", interactive=False,
                                     wrap=False, max_height=300)
                 refresh = gr.Button("Refresh the list", size="sm")
+            with gr.Accordion("Configs: download, start from one", open=False):
+                config_file = gr.File(label="config.json of the run shown", interactive=False)
+                upload = gr.File(label="A run's config.json to start a new run with its settings", file_types=[".json"])
+                from_config = gr.Button("Start from this config")
             follow_api = gr.Button(visible=False)  # the /follow endpoint: streams a run's view to an API client
     inputs = [method, reward, steps, prompt_source, prompts, seed, lr, batch_size, sampler_steps, render_resolution,
               sample_every, *knob_inputs]
@@ -580,6 +629,9 @@ def build_tab() -> None:
     runs.select(_picked, runs, run, api_visibility="private").then(_show, [run], [*views, run, server],
                                                                   api_visibility="private")
     follow_api.click(follow, run, views, api_name="follow")
+    run.change(config_of, run, config_file, api_visibility="private", show_progress="hidden")
+    from_config.click(start_from_config, upload, run, api_name="finetune_config").then(
+        _show, [run], [*views, run, server], api_visibility="private")
     # the page follows its run from the server's state: a reloaded page or another browser sees the same job
     timer = gr.Timer(2)
     timer.tick(_tick, [run], [*views, run, server], api_visibility="private", show_progress="hidden")

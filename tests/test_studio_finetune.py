@@ -198,3 +198,25 @@ def test_the_users_own_prompt_list_is_kept_beside_the_runs_for_resume(studio):
     _wait(studio.client, name, lambda r: r["state"] == "finished")
     config = json.loads((studio.runs / name / "config.json").read_text())
     assert Path(config["prompts"]).read_text().split("\n")[:2] == ["a red chair", "a blue car"]
+
+
+def test_a_run_starts_from_an_uploaded_config_and_a_bad_one_is_refused_with_the_engines_message(studio, tmp_path):
+    from gradio_client import handle_file
+
+    from app import finetune
+    from engine.align.config import RunConfig
+
+    cfg = RunConfig(method="refl", reward="geometry", steps=1, batch_size=1, sampler_steps=4, render_resolution=32,
+                    sample_every=0, seed=3)
+    (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    name = studio.client.predict(handle_file(str(tmp_path / "config.json")), api_name="/finetune_config")
+    _wait(studio.client, name, lambda r: r["state"] == "finished")
+    saved = json.loads((studio.runs / name / "config.json").read_text())
+    assert saved["seed"] == 3 and saved["steps"] == 1 and saved["method"] == "refl"
+    assert finetune.config_of(name) == str(studio.runs / name / "config.json")  # what the page offers to download
+    for data, message in (({**cfg.to_dict(), "lr": 0}, r"lr = 0(\.0)?: must be > 0"),
+                          ({**cfg.to_dict(), "metod": "x"}, "Unknown config key"),
+                          ({**cfg.to_dict(), "model": "diffsplat-pas"}, "the studio trains the embedded tiny model")):
+        (tmp_path / "bad.json").write_text(json.dumps(data))
+        with pytest.raises(Exception, match=message):
+            studio.client.predict(handle_file(str(tmp_path / "bad.json")), api_name="/finetune_config")
