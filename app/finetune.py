@@ -16,6 +16,7 @@ import inspect
 import json
 import math
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -441,12 +442,31 @@ def jobs_table() -> pd.DataFrame:
 MAX_CONFIG_BYTES = 100_000
 
 
-def config_of(run: str | None) -> str | None:
-    """The shown run's config.json, for download (None while it has none)."""
+def files_of(run: str | None) -> list[str] | None:
+    """The shown run's config.json, metrics.csv and eval.csv (those it has), for download."""
     try:
-        return str(run_folder(run) / "config.json")
+        folder = run_folder(run)
     except ValueError:
         return None
+    return [str(folder / n) for n in ("config.json", "metrics.csv", "eval.csv") if (folder / n).is_file()]
+
+
+def delete_run(run: str, sure: bool) -> str:
+    """Deletes a run made on this server (not while it trains or waits), after the user confirmed."""
+    try:
+        folder = run_folder(run)
+        job = QUEUE.get(folder.name)
+        if job is not None and job.live:
+            raise ValueError(f"Run {folder.name} is {job.state}: stop it first.")
+        if not sure:
+            raise ValueError(f"Tick \"delete it for good\" to delete run {folder.name} (adapter, curve, samples).")
+    except ValueError as err:
+        raise gr.Error(str(err), print_exception=False) from None
+    trash = folder.parent / f".{folder.name}.deleted"
+    folder.rename(trash)  # gone from every list at once; the files go after
+    shutil.rmtree(trash, ignore_errors=True)
+    QUEUE.forget(folder.name)
+    return f"Run `{folder.name}` is deleted."
 
 
 def start_from_config(file) -> str:
@@ -608,8 +628,12 @@ def build_tab() -> None:
                 runs = gr.Dataframe(jobs_table(), label="Runs (newest first): pick one to show it", interactive=False,
                                     wrap=False, max_height=300)
                 refresh = gr.Button("Refresh the list", size="sm")
-            with gr.Accordion("Configs: download, start from one", open=False):
-                config_file = gr.File(label="config.json of the run shown", interactive=False)
+            with gr.Accordion("The run shown: its files, delete it; start from a config", open=False):
+                config_file = gr.File(label="config.json, metrics.csv and eval.csv of the run shown", interactive=False,
+                                      file_count="multiple")
+                with gr.Row():
+                    sure = gr.Checkbox(label="delete it for good", value=False)
+                    delete = gr.Button("Delete the run shown", variant="stop", size="sm")
                 upload = gr.File(label="A run's config.json to start a new run with its settings", file_types=[".json"])
                 from_config = gr.Button("Start from this config")
             follow_api = gr.Button(visible=False)  # the /follow endpoint: streams a run's view to an API client
@@ -629,7 +653,9 @@ def build_tab() -> None:
     runs.select(_picked, runs, run, api_visibility="private").then(_show, [run], [*views, run, server],
                                                                   api_visibility="private")
     follow_api.click(follow, run, views, api_name="follow")
-    run.change(config_of, run, config_file, api_visibility="private", show_progress="hidden")
+    run.change(files_of, run, config_file, api_visibility="private", show_progress="hidden")
+    delete.click(delete_run, [run, sure], status, api_name="delete").then(
+        lambda: (None, False, jobs_table()), None, [run, sure, runs], api_visibility="private")
     from_config.click(start_from_config, upload, run, api_name="finetune_config").then(
         _show, [run], [*views, run, server], api_visibility="private")
     # the page follows its run from the server's state: a reloaded page or another browser sees the same job

@@ -213,7 +213,11 @@ def test_a_run_starts_from_an_uploaded_config_and_a_bad_one_is_refused_with_the_
     _wait(studio.client, name, lambda r: r["state"] == "finished")
     saved = json.loads((studio.runs / name / "config.json").read_text())
     assert saved["seed"] == 3 and saved["steps"] == 1 and saved["method"] == "refl"
-    assert finetune.config_of(name) == str(studio.runs / name / "config.json")  # what the page offers to download
+    assert finetune.files_of(name)[:2] == [str(studio.runs / name / n) for n in ("config.json", "metrics.csv")]  # downloads
+    with pytest.raises(Exception, match="Tick"):
+        studio.client.predict(name, False, api_name="/delete")  # not without the confirmation
+    assert "is deleted" in studio.client.predict(name, True, api_name="/delete")
+    assert not (studio.runs / name).exists() and name not in _jobs(studio.client)
     for data, message in (({**cfg.to_dict(), "lr": 0}, r"lr = 0(\.0)?: must be > 0"),
                           ({**cfg.to_dict(), "metod": "x"}, "Unknown config key"),
                           ({**cfg.to_dict(), "model": "diffsplat-pas"}, "the studio trains the embedded tiny model")):
