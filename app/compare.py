@@ -33,7 +33,7 @@ from engine.rewards import (
 
 from .catalogue import BASE, Entry, catalogue, pool
 from .curves import X_AXES, draw_curves, read_metrics, read_run_config, reward_figure
-from .sessions import session_dir
+from .sessions import refusal, session_dir
 
 MAX_MODELS = 4
 SCORE_RESOLUTION = 128  # the held-out evaluation's render size (engine.align.evaluate), so scores read like eval.csv's
@@ -230,13 +230,13 @@ def eval_table(entries: list[Entry]) -> pd.DataFrame:
 def _entries(models) -> list[Entry]:
     labels = list(dict.fromkeys(_as_list(models)))  # the same model twice would draw the same asset twice
     if not labels:
-        raise gr.Error("Choose at least one model to compare (e.g. base).")
+        raise refusal("Choose at least one model to compare (e.g. base).")
     if len(labels) > MAX_MODELS:
-        raise gr.Error(f"{len(labels)} models chosen; compare at most {MAX_MODELS} at a time.")
+        raise refusal(f"{len(labels)} models chosen; compare at most {MAX_MODELS} at a time.")
     try:
         return [catalogue().get(label) for label in labels]
     except ValueError as err:
-        raise gr.Error(str(err)) from err
+        raise refusal(str(err)) from err
 
 
 def _slug(label: str) -> str:
@@ -251,14 +251,14 @@ def run_compare(prompt, seed, steps, models, frames=24, request: gr.Request = No
     try:
         prompt = validate_prompt(prompt)
     except ValueError as err:
-        raise gr.Error(str(err)) from err
+        raise refusal(str(err)) from err
     entries = _entries(models)
     try:
         seed, steps, frames = int(seed), int(steps), int(frames)
     except (TypeError, ValueError) as err:
-        raise gr.Error(f"Seed, steps and frames must be whole numbers ({err}).") from err
+        raise refusal(f"Seed, steps and frames must be whole numbers ({err}).") from err
     if seed < 0 or not 1 <= steps <= 200 or not 2 <= frames <= 240:
-        raise gr.Error(f"seed {seed}, steps {steps}, frames {frames}: need seed >= 0, 1 <= steps <= 200, 2 <= frames <= 240.")
+        raise refusal(f"seed {seed}, steps {steps}, frames {frames}: need seed >= 0, 1 <= steps <= 200, 2 <= frames <= 240.")
     rewards = score_rewards()
     out_dir = session_dir(request, "compare")
     curves_step, curves_wall = curve_figures(entries)

@@ -38,7 +38,7 @@ from .catalogue import catalogue, zip_adapter
 from .curves import read_metrics, read_run_config, reward_figure
 from .finetunes import Finetunes, job_status, read_status
 from .jobs import LIVE
-from .sessions import session_dir
+from .sessions import refusal, session_dir
 
 BUILTIN = "built-in training set"
 OWN = "my own list"
@@ -295,7 +295,7 @@ def _start(values: dict) -> str:
             raise ValueError(f"prompt_source = {values['prompt_source']!r}: choose {BUILTIN!r} or {OWN!r}.")
         cfg = build_config(values, None)
     except ValueError as err:
-        raise gr.Error(str(err), print_exception=False) from None
+        raise refusal(str(err)) from None
     out = new_run_dir(cfg.method, cfg.reward)
     if values["prompt_source"] == OWN:
         # kept beside the runs (not in the session's temp folder) so config.json still points at it on resume
@@ -400,7 +400,7 @@ def follow(run: str, request: gr.Request = None):
         try:
             now = run_view((run or "").strip(), work)
         except ValueError as err:
-            raise gr.Error(str(err), print_exception=False) from None
+            raise refusal(str(err)) from None
         if now[0] != last or not live:
             yield now
             last = now[0]
@@ -461,7 +461,7 @@ def delete_run(run: str, sure: bool) -> str:
         if not sure:
             raise ValueError(f"Tick \"delete it for good\" to delete run {folder.name} (adapter, curve, samples).")
     except ValueError as err:
-        raise gr.Error(str(err), print_exception=False) from None
+        raise refusal(str(err)) from None
     trash = folder.parent / f".{folder.name}.deleted"
     folder.rename(trash)  # gone from every list at once; the files go after
     shutil.rmtree(trash, ignore_errors=True)
@@ -496,7 +496,7 @@ def start_from_config(file) -> str:
             raise ValueError(f"steps = {cfg.steps}: must be in [1, {MAX_STEPS}] in the studio.")
         cfg = cfg.validate()
     except (ValueError, FileNotFoundError) as err:
-        raise gr.Error(str(err), print_exception=False) from None
+        raise refusal(str(err)) from None
     out = new_run_dir(cfg.method, cfg.reward)
     FINETUNES.submit(cfg, out)
     return out.name
@@ -528,7 +528,7 @@ def resume_run(run: str, steps: float | None = None) -> str:
             raise ValueError(f"Run {folder.name} has trained {done} of {cfg.steps} steps; give more steps to train it longer.")
         FINETUNES.submit(cfg, folder, resume=True)
     except ValueError as err:
-        raise gr.Error(str(err), print_exception=False) from None
+        raise refusal(str(err)) from None
     return folder.name
 
 

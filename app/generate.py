@@ -14,7 +14,7 @@ from engine.models.tiny import DEFAULT_CHECKPOINT
 from engine.prompts import prompt_notice, validate_prompt
 
 from .catalogue import BASE, catalogue, display_name, ordered, pool, set_device, zip_adapter
-from .sessions import session_dir
+from .sessions import refusal, session_dir
 
 EXAMPLES = [
     ["a red chair", 0], ["a blue car", 1], ["a red mushroom with a white stem", 2], ["a green tree", 3],
@@ -111,11 +111,11 @@ def _lora_entry(label: str | None, model_name: str):
     try:
         entry = catalogue().get(label)
     except ValueError as err:
-        raise gr.Error(str(err)) from err
+        raise refusal(str(err)) from err
     if entry.adapter is not None and label not in lora_choices(model_name):
-        raise gr.Error(f"{label} was trained on {entry.info.get('base_model')!r}, not on {model_name!r}: pick the model it was made for.")
+        raise refusal(f"{label} was trained on {entry.info.get('base_model')!r}, not on {model_name!r}: pick the model it was made for.")
     if entry.adapter is not None and model_name != "tiny":
-        raise gr.Error(f"LoRAs run on the embedded tiny model in the studio; {model_name} runs without one (choose 'base').")
+        raise refusal(f"LoRAs run on the embedded tiny model in the studio; {model_name} runs without one (choose 'base').")
     return entry
 
 
@@ -125,9 +125,9 @@ def run_generate(prompt, seed, steps, guidance, frames, model_name="tiny", lora=
     try:
         prompt = validate_prompt(prompt)
     except ValueError as err:
-        raise gr.Error(str(err)) from err
+        raise refusal(str(err)) from err
     if model_name not in model_choices():
-        raise gr.Error(f"The model {model_name!r} is not available here: {available_models().get(model_name, 'unknown model')}")
+        raise refusal(f"The model {model_name!r} is not available here: {available_models().get(model_name, 'unknown model')}")
     entry = _lora_entry(lora, model_name)
     steps = int(steps)
 
@@ -190,7 +190,7 @@ def upload_lora(files, name, model_name="tiny", request: gr.Request = None):
     except (OSError, ValueError) as err:
         message = f"The adapter was not added: {err}"
         _UPLOAD_ERRORS[getattr(request, "session_hash", None) or ""] = message
-        raise gr.Error(message) from err
+        raise refusal(message) from err
     info = entry.info
     msg = (f"Added **{entry.label}**: rank {info.get('rank')}, {info.get('bytes', 0) / 2**20:.1f} MB"
            + (f", trained with {info['method']} on {info['reward']} for {info['step']} steps" if info.get("method") else "")
@@ -209,4 +209,4 @@ def download_lora(label, request: gr.Request = None):
         entry = catalogue().get(label)
         return str(zip_adapter(entry, session_dir(request, "lora")))
     except ValueError as err:
-        raise gr.Error(str(err)) from err
+        raise refusal(str(err)) from err

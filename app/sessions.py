@@ -27,3 +27,9 @@ def session_dir(request: gr.Request | None, prefix: str) -> Path:
 
 def end_session(request: gr.Request) -> None:
     shutil.rmtree(_session_root(request), ignore_errors=True)
+
+
+def refusal(message: str) -> gr.Error:
+    """A user's input refused: the message on the page and one line in the server's log (no traceback: nothing
+    is broken). Faults (a model that cannot load) raise gr.Error as usual, with their traceback."""
+    return gr.Error(message, print_exception=False)

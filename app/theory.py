@@ -45,6 +45,7 @@ from engine.align.theory.targets import distances
 
 from .curves import PALETTE
 from .jobs import Job, JobBoard
+from .sessions import refusal
 
 POOL = 40_000  # base samples: p_ref's contours, and the target's resampling pool (mixture, ring, corner)
 TARGET_SAMPLES = 16_384  # cheap (drawn or resampled once per world), and p*'s contours need them
@@ -365,7 +366,7 @@ def stream(world: str = DEFAULTS["world"], reward: str = DEFAULTS["reward"], met
     try:
         world, reward, methods, beta, steps = check_inputs(world, reward, methods, beta, steps)
     except ValueError as err:
-        raise gr.Error(str(err), print_exception=False) from None  # bad input: one line, no traceback
+        raise refusal(str(err)) from None  # bad input: one line, no traceback
     stop = stop or threading.Event()
     t_start = time.perf_counter()
     sc = scene(world, reward, beta)
