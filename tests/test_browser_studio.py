@@ -29,6 +29,7 @@ MAX_SHOT_BYTES = 400_000
 PROMPT = "a red mushroom with a white stem"
 PLOT_POINTS = ".js-plotly-plot .scatterlayer .trace:first-child .points path"  # the first trace: this run's curve
 state = {}  # what one test leaves for the next: the new run's label
+RUN_SHOWN = "#finetune-run input, #finetune-run textarea"  # the Finetune tab's "Run shown" box
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +158,7 @@ def test_generate_tab_makes_an_asset(page):
     _shot(page, "generate")
 
 
-def test_finetune_tab_streams_a_live_curve_and_stops(page):
+def test_a_finetune_is_a_server_job_a_reloaded_or_second_page_follows_and_stops_it(page):
     panel = _open(page, "Finetune")
     _choose(panel, "Method", "Nabla-R2D3")  # its β follows the reward's scale (3e7 per unit of range)
     beta = panel.get_by_label("β (beta)", exact=True).locator("visible=true")
@@ -178,6 +179,8 @@ def test_finetune_tab_streams_a_live_curve_and_stops(page):
     panel.get_by_role("button", name="Start", exact=True).click()
 
     panel.get_by_text(re.compile(r"Run \S+: ReFL on colorfulness, 60 steps")).wait_for(timeout=LONG)
+    run = panel.locator(RUN_SHOWN).input_value()
+    assert run.endswith("-refl-colorfulness"), run
     points = panel.locator(PLOT_POINTS)
     seen = []
     for _ in range(LONG // 2000):  # the curve gains a point per optimiser step
@@ -195,13 +198,25 @@ def test_finetune_tab_streams_a_live_curve_and_stops(page):
     assert samples.evaluate("img => img.getBoundingClientRect().height") > 100
     _shot(page, "finetune", full_page=False)  # the knobs below make the page 3000 px tall
 
-    panel.get_by_role("button", name="Stop", exact=True).click()
-    panel.get_by_text(re.compile(r"Stopping after step \d+/60")).wait_for()
-    saved = panel.get_by_text(re.compile(r"Run stopped at step \d+/60\..*The adapter is run: ", re.S))
+    page.reload()  # the run goes on; the reloaded page finds it and its curve so far
+    panel = _open(page, "Finetune")
+    page.wait_for_function(f"() => document.querySelectorAll({PLOT_POINTS!r}).length >= 3", timeout=LONG)
+    assert panel.locator(RUN_SHOWN).input_value() == run
+    other = page.context.browser.new_page(viewport={"width": 1400, "height": 1000})  # a second browser tab
+    try:
+        other.goto(page.url)
+        second = _open(other, "Finetune")
+        second.get_by_text(re.compile(r"Step \d+/60")).first.wait_for(timeout=LONG)
+        assert second.locator(RUN_SHOWN).input_value() == run
+        second.get_by_role("button", name="Stop", exact=True).click()  # any page may stop the server's run
+        stopped = re.compile(r"Run stopped at step \d+/60\..*The adapter is run: ", re.S)
+        second.get_by_text(stopped).wait_for(timeout=LONG)
+    finally:
+        other.close()
+    saved = panel.get_by_text(stopped)  # the first page sees it too
     saved.wait_for(timeout=LONG)
     label = re.search(r"The adapter is (run: \S+) in the Generate", saved.inner_text())
-    assert label, saved.inner_text()
-    assert "Saved to" in saved.inner_text()
+    assert label and label[1] == f"run: {run}", saved.inner_text()
     state["run"] = label[1]
     # the saved run's last figure replaces the live one; plotly redraws it (with the shipped runs' dashed curves)
     # trace by trace, so the count is read once the redraw has settled
