@@ -67,6 +67,18 @@ def with_viewer_copy(handler):
     return wrapped
 
 
+def shown_copies(ply: str | None, glb: str | None):
+    """A tab's 3D viewers' values from its downloads (when the tab is opened again): the splat viewer's copy of
+    ``ply`` (made beside it the first time) and the mesh ``glb``; gr.skip() for one not made yet (a result that
+    lands meanwhile is kept, not cleared by this late reply)."""
+    if not ply:
+        splat = gr.skip()
+    else:
+        copy = Path(ply).with_name(Path(ply).stem + VIEWER_SUFFIX)
+        splat = str(copy) if copy.is_file() else viewer_copy(ply)
+    return splat, glb or gr.skip()
+
+
 def source_ply(files: list[str] | None) -> str | None:
     """The downloadable PLY among the Viewer tab's files (what the mesh step reads, not the viewer's copy)."""
     return next((str(f) for f in files or [] if str(f).lower().endswith(".ply")), None)

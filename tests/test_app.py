@@ -118,6 +118,40 @@ def test_generate_tab_warns_outside_the_world(client):
     assert "knows 24 object kinds" in info
 
 
+def test_a_refused_prompt_clears_the_page_and_says_why():
+    """After a refused prompt the page keeps no earlier asset beside the error (issue #30): the failure step
+    clears every Generate output, the mesh ones too, and the info line says why in words."""
+    from app.generate import explain_failure
+    from app.ui import build_demo
+
+    demo = build_demo()
+    failure = [d for d in demo.fns.values() if getattr(d.fn, "__name__", "") == "explain_failure"]
+    assert len(failure) == 2  # after a click and after Enter
+    for d in failure:
+        assert {getattr(o, "label", None) for o in d.outputs} >= {"Splat viewer", "Turntable: RGB | normals", "Download PLY",
+                                                                  "Download GLB (mesh)", "Mesh preview (GLB)"}
+        assert len(d.outputs) == 9
+    *cleared, info, mesh, glb, mesh_info = explain_failure("123 !!", 0, 4, 4.5, 12)
+    assert cleared == [None] * 5 and (mesh, glb, mesh_info) == (None, None, "")
+    assert info.startswith("**Nothing was generated.** The prompt was refused: The prompt has no words")
+    assert "The run was refused: No model or LoRA named 'run: nope'" in explain_failure("a chair", 0, 4, 4.5, 12, "tiny", "run: nope")[5]
+
+
+def test_download_only_files_invite_no_upload():
+    """Empty download boxes read "Drop File Here - or - Click to Upload" unless they are not interactive."""
+    import gradio as gr
+
+    from app.ui import INTRO, build_demo
+
+    files = [b for b in build_demo().blocks.values() if isinstance(b, gr.File) and b.visible]
+    downloads = [f for f in files if f.label in ("Download PLY", "Download GLB (mesh)", "LoRA zip",
+                                                  "Downloads (PLY, .splat)", "Splats (PLY)")]
+    assert len(downloads) == 6 and all(f.interactive is False for f in downloads), [(f.label, f.interactive) for f in downloads]
+    uploads = [f for f in files if f.file_types]  # the upload boxes stay
+    assert len(uploads) == 2 and all(f.interactive is not False for f in uploads)
+    assert all(f"**{tab}**" in INTRO for tab in ("Generate", "Viewer", "Finetune", "Compare", "Theory"))  # the header
+
+
 def test_mesh_step_turns_the_shown_splat_into_a_glb(client, tmp_path):
     import trimesh
     from gradio_client import handle_file
