@@ -19,7 +19,7 @@ from engine.export import load_splat_file, save_splat_file
 from engine.preview import turntable_frames, view_strips, write_video
 from engine.render import render
 
-from .sessions import session_dir
+from .sessions import refusal, session_dir
 
 MAX_UPLOAD_MB = 256
 MAX_GAUSSIANS = 2_000_000
@@ -89,16 +89,16 @@ def _asset(upload: str | None):
         return mushroom(), EXAMPLE
     path = Path(upload)
     if path.suffix.lower() not in (".ply", ".splat"):
-        raise gr.Error(f"Please upload a .ply or .splat Gaussian splat file (got {path.suffix or 'no extension'}).")
+        raise refusal(f"Please upload a .ply or .splat Gaussian splat file (got {path.suffix or 'no extension'}).")
     size_mb = path.stat().st_size / 2**20
     if size_mb > MAX_UPLOAD_MB:
-        raise gr.Error(f"{path.name} is {size_mb:.0f} MB; the viewer accepts files up to {MAX_UPLOAD_MB} MB.")
+        raise refusal(f"{path.name} is {size_mb:.0f} MB; the viewer accepts files up to {MAX_UPLOAD_MB} MB.")
     try:
         g = load_splat_file(path)
     except ValueError as err:
-        raise gr.Error(str(err)) from err
+        raise refusal(str(err)) from err
     if g.num_gaussians > MAX_GAUSSIANS:
-        raise gr.Error(f"{path.name} has {g.num_gaussians:,} Gaussians; the CPU viewer takes up to {MAX_GAUSSIANS:,}.")
+        raise refusal(f"{path.name} has {g.num_gaussians:,} Gaussians; the CPU viewer takes up to {MAX_GAUSSIANS:,}.")
     return g, path.name
 
 
