@@ -8,17 +8,9 @@ import torch
 
 from engine.align import Trainer
 from engine.align.methods.dgpo import group_weights
-from tests.test_align import Brightness, config, tiny_model
+from tests.test_align import Brightness, _one_thread, config, tiny_model  # noqa: F401  (_one_thread: autouse fixture)
 
 DGPO = ["dgpo.group_size=2", "dgpo.min_step=2", "dgpo.timesteps=2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def dgpo_trainer(tmp_path, *extra, steps=2, name="run", **kw):

@@ -51,7 +51,13 @@ from ..metrics import diversity, kid
 from ..models import lora
 from ..prompts import EVAL_PROMPTS, read_prompts, validate_prompt
 from ..render import render
-from ..rewards import REWARDS, build_reward, list_rewards, score_assets
+from ..rewards import (
+    REWARDS,
+    build_reward,
+    list_rewards,
+    parse_weight_paths,
+    score_assets,
+)
 from .config import RunConfig
 from .run_folder import RunFolder
 
@@ -339,16 +345,6 @@ def write_csv_atomic(frame, path: Path) -> None:
 
 
 # -- command line ----------------------------------------------------------------------------------------
-def _parse_weights(items: list[str]) -> dict[str, str]:
-    weights = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise ValueError(f"--weights {item!r}: expected NAME=PATH, e.g. hpsv2=~/weights/HPS_v2.1_compressed.pt.")
-        weights[name.strip()] = str(Path(path.strip()).expanduser())
-    return weights
-
-
 def _json_ready(row: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
 
@@ -369,7 +365,8 @@ def main(argv=None) -> None:
         if args.seeds < 1:
             raise ValueError(f"--seeds {args.seeds}: must be >= 1 (the number of seeds per prompt).")
         settings = EvalSettings(prompts=read_prompts(args.prompts, EVAL_PROMPTS), seeds=list(range(args.seeds)), steps=args.steps,
-                                guidance=args.guidance, resolution=args.resolution, reward_weights=_parse_weights(args.weights))
+                                guidance=args.guidance, resolution=args.resolution, reward_weights=parse_weight_paths(
+                                    args.weights, "--weights", ", e.g. hpsv2=~/weights/HPS_v2.1_compressed.pt"))
         table = evaluate_runs(args.run, settings)
     except (FileNotFoundError, ValueError) as err:
         p.exit(2, f"error: {err}\n")

@@ -24,7 +24,7 @@ from .offline import AlignmentReward, ColorfulnessReward, GeometryReward
 from .preference import AestheticReward, ClipScoreReward, HPSv2Reward, MissingWeights
 
 __all__ = [
-    "reward_span",
+    "reward_span", "parse_weight_paths",
     "Reward", "RewardInfo", "RewardInputs", "Ensemble", "EnsembleTerm", "MissingWeights", "REWARDS",
     "build_reward", "build_ensemble", "parse_ensemble", "list_rewards", "score_assets", "flatten_renders", "normalise",
     "GeometryReward", "ColorfulnessReward", "AlignmentReward", "ClipScoreReward", "HPSv2Reward", "AestheticReward",
@@ -66,6 +66,18 @@ def parse_ensemble(spec: str) -> list[tuple[str, float]]:
     if not terms:
         raise ValueError(f"Empty reward spec {spec!r}.")
     return terms
+
+
+def parse_weight_paths(items: list[str], flag: str = "--reward-weights", hint: str = "") -> dict[str, str]:
+    """``["hpsv2=~/w/hps.pt", ...]`` -> {"hpsv2": "/home/.../w/hps.pt"}: real rewards' local weights from a command
+    line (ValueError naming ``flag`` for an item that is not NAME=PATH)."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"{flag} {item!r}: expected NAME=PATH{hint}.")
+        out[name.strip()] = str(Path(path.strip()).expanduser())
+    return out
 
 
 def reward_span(spec: str) -> float:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 from ..align.config import RunConfig
 from ..align.knobs import sweep_grid
 from ..align.methods import METHODS
 from ..core.io import atomic_write_json
-from ..rewards import parse_ensemble, reward_span
+from ..rewards import parse_ensemble, parse_weight_paths, reward_span
 
 OWN_KEYS = {"method": "--methods", "reward": "--reward", "seed": "--seeds", "steps": "--steps"}  # never by --set
 # a resumed or re-reported comparison must have been made with these settings; methods, seeds and --minutes may change
@@ -60,13 +59,10 @@ def check_args(args) -> None:
 
 
 def reward_weights(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name.strip() or not path.strip():
-            raise UsageError(f"--reward-weights {item!r}: expected NAME=PATH.")
-        out[name.strip()] = str(Path(path.strip()).expanduser())
-    return out
+    try:
+        return parse_weight_paths(items)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def heldout_reward(spec: str, weights: dict[str, str]):
