@@ -22,7 +22,8 @@ from engine.models.tiny import TinySplatModel, tiny_transformer
 
 PROMPTS = ["a red chair", "a blue car"]
 REWARD_COLUMNS = ["reward/geometry", "reward/alignment", "reward/colorfulness"]
-METRICS = REWARD_COLUMNS + list(FIXED_METRICS)
+PAIRED = REWARD_COLUMNS + ["alignment", "dnc"]
+METRICS = REWARD_COLUMNS + list(FIXED_METRICS) + [f"{kind}/{m}" for m in PAIRED for kind in ("delta", "delta_se")]
 
 
 def settings(**kw):
@@ -75,6 +76,7 @@ def test_base_against_itself_is_reproducible(evaluator):
     assert abs(base["kid_vs_base"]) < 0.05  # the same features on both sides, up to KID's random subsets
     assert base["diversity"] > 0 and 0 <= base["category_acc"] <= 1 and 0 <= base["color_acc"] <= 1
     assert base["dnc"] == base["reward/geometry"]
+    assert all(base[f"delta/{m}"] == 0 and base[f"delta_se/{m}"] == 0 for m in PAIRED)
     assert same(without_time(evaluator.evaluate()), without_time(base))  # sampled again: the same numbers
 
 
@@ -114,6 +116,9 @@ def test_an_adapter_changes_the_metrics_and_not_the_base(evaluator):
         lora.remove_adapter(evaluator.model, "default")
     assert tuned["kid_vs_base"] > before["kid_vs_base"] + 1e-4
     assert tuned["alignment"] != before["alignment"] and tuned["reward/colorfulness"] != before["reward/colorfulness"]
+    for m in PAIRED:  # paired change: its mean is the change of the means; its error is over the 2 prompts
+        assert tuned[f"delta/{m}"] == pytest.approx(tuned[m] - before[m], rel=1e-5, abs=1e-7)
+        assert tuned[f"delta_se/{m}"] > 0
     assert same(evaluator.base_metrics(), before)
 
 
@@ -213,3 +218,12 @@ def test_diversity_is_the_mean_distance_between_seeds_of_a_prompt():
     assert diversity(feats[:, :1].expand(-1, 3, -1, -1)) == 0  # every seed the same asset
     with pytest.raises(ValueError, match="at least 2 seeds"):
         diversity(feats[:, :1])
+
+
+def test_paired_change_is_over_prompts():
+    from engine.align.evaluate import paired_change
+
+    now, base = torch.tensor([[3.0, 5.0], [1.0, 1.0], [2.0, 4.0]]), torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    mean, se = paired_change(now, base)  # per-prompt changes 3, 0, 2
+    assert mean == pytest.approx(5 / 3) and se == pytest.approx(torch.tensor([3.0, 0, 2]).std().item() / 3 ** 0.5)
+    assert math.isnan(paired_change(now[:1], base[:1])[1])

@@ -142,6 +142,10 @@ def test_run_folder_metrics_append_truncate_read_roundtrip(tmp_path):
     assert run.metrics_file.read_text().splitlines() == ["step,reward_mean,loss", "1,0.1,-1"]
     assert run.eval_file.read_text().splitlines() == ["step,label,alignment", "0,base,0.5"]
     assert sorted(p.name for p in run.path.iterdir()) == ["eval.csv", "metrics.csv"]  # no temporary files left
+    run.append_eval(3, "run", {"delta/alignment": 0.2, "alignment": 0.7})  # a newer version adds a column
+    run.append_eval(4, "run", {"alignment": 0.8})
+    assert run.eval_file.read_text().splitlines() == ["step,label,alignment,delta/alignment", "0,base,0.5,",
+                                                      "3,run,0.7,0.2", "4,run,0.8,"]
     run.clear_rows()
     assert run.metrics_rows() == [] and run.eval_rows() == []
     write_csv(run.metrics_file, [])

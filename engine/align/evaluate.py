@@ -18,6 +18,10 @@ one flat dict of floats with stable names (the trainer appends them to ``eval.cs
 - ``dnc``: depth-normal consistency of the renders (the geometry reward with its defaults).
 - ``seconds_per_asset``: sampling + decoding time per asset (the only figure that is not reproducible).
 - ``assets``: prompts x seeds.
+- ``delta/<m>`` and ``delta_se/<m>`` for every reward, ``alignment`` and ``dnc``: the paired change from the base
+  (same prompts, seeds and noise), the mean over prompts of each prompt's mean difference over its seeds, and
+  that mean's standard error over prompts (prompts are the unit sampled; seeds of one prompt are not
+  independent). 0 and 0 for the base itself; NaN standard error with one prompt.
 
 Everything else is a function of the model, the settings and the thread count: the base is sampled once
 (adapters disabled) and cached, so each later ``evaluate()`` costs one sampling pass over the assets.
@@ -172,7 +176,9 @@ class RunEvaluator:
 
     def metric_names(self) -> list[str]:
         """The metric keys every call returns, in order."""
-        return [f"reward/{n}" for n in self.rewards] + list(FIXED_METRICS)
+        paired = [f"reward/{n}" for n in self.rewards] + ["alignment", "dnc"]
+        return ([f"reward/{n}" for n in self.rewards] + list(FIXED_METRICS)
+                + [f"{kind}/{m}" for m in paired for kind in ("delta", "delta_se")])
 
     # -- sampling and scoring ------------------------------------------------------------------------
     @torch.no_grad()
@@ -223,7 +229,18 @@ class RunEvaluator:
         metrics["dnc"] = float(run.dnc.mean())
         metrics["seconds_per_asset"] = run.seconds / A
         metrics["assets"] = float(A)
+        paired = {**{f"reward/{n}": (v, self.base.rewards[n]) for n, v in run.rewards.items()},
+                  "alignment": (run.alignment, self.base.alignment), "dnc": (run.dnc, self.base.dnc)}
+        for name, (now, base) in paired.items():
+            metrics[f"delta/{name}"], metrics[f"delta_se/{name}"] = paired_change(now.reshape(P, S), base.reshape(P, S))
         return metrics
+
+
+def paired_change(now: Tensor, base: Tensor) -> tuple[float, float]:
+    """Mean and standard error over prompts of the per-prompt mean difference ``now - base`` ([P, S] each)."""
+    per_prompt = (now.double() - base.double()).mean(1)
+    se = per_prompt.std(unbiased=True) / math.sqrt(len(per_prompt)) if len(per_prompt) > 1 else torch.tensor(float("nan"))
+    return float(per_prompt.mean()), float(se)
 
 
 def _weights_digest(module: torch.nn.Module) -> str:

@@ -136,13 +136,24 @@ class RunFolder:
 
 # -- CSV files --------------------------------------------------------------------------------------------
 def append_csv(path: Path, row: dict) -> None:
-    """Appends ``row``; a new file gets the row's keys as its header."""
-    new = not path.exists()
+    """Appends ``row``; a new file gets the row's keys as its header. A row with columns the header lacks (a
+    run resumed by a newer version) rewrites the file with the wider header, atomically; missing ones stay empty."""
+    header = _header(path)
+    if header is not None and any(k not in header for k in row):
+        write_csv(path, [*read_csv(path), row], header + [k for k in row if k not in header])
+        return
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new:
+        writer = csv.DictWriter(f, fieldnames=header or list(row))
+        if header is None:
             writer.writeheader()
         writer.writerow(row)
+
+
+def _header(path: Path) -> list[str] | None:
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with path.open(newline="") as f:
+        return next(csv.reader(f), None)
 
 
 def read_csv(path: Path) -> list[dict]:
