@@ -17,6 +17,7 @@ from engine.models.lora import (
     DEFAULT_TARGETS,
     active_adapter,
     adapter_names,
+    adapter_scale,
     adapter_state,
     adapters_disabled,
     add_lora,
@@ -28,6 +29,7 @@ from engine.models.lora import (
     read_adapter_info,
     remove_adapter,
     save_adapter,
+    set_adapter_scale,
     use_adapter,
 )
 from engine.models.multiview import set_multiview_attention
@@ -168,6 +170,30 @@ def test_two_adapters_switch_and_disabling_gives_the_base():
     use_adapter(model, "b")
     remove_adapter(model, "b")
     assert adapter_names(model) == ["a"] and active_adapter(model) is None and torch.equal(eps(model), base)
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_adapter_scale_walks_from_the_base_to_the_adapter(lean):
+    """alpha 0 gives the base's output and 1 the adapter's, on the lean forward (whose folded weight W + s·B·A is
+    cached: a scale change must fold anew, also after a call at another scale) and on diffusers' stock one."""
+    model = tiny_model()
+    model.lean_forward = lean
+    base = eps(model)
+    add_lora(model, rank=4, init="random")
+    full = eps(model)
+    assert not torch.allclose(full, base)
+    set_adapter_scale(model, "default", 0.0)
+    assert torch.equal(eps(model), base) and adapter_scale(model, "default") == 0.0
+    set_adapter_scale(model, "default", 0.5)
+    half = eps(model)
+    assert not torch.allclose(half, base) and not torch.allclose(half, full)
+    assert adapter_scale(model, "default") == 0.5
+    set_adapter_scale(model, "default", 1.0)
+    assert torch.equal(eps(model), full)
+    with pytest.raises(ValueError, match="not a finite number"):
+        set_adapter_scale(model, "default", float("nan"))
+    with pytest.raises(ValueError, match="No adapter named 'x'"):
+        set_adapter_scale(model, "x", 0.5)
 
 
 def test_adapter_state_round_trip_is_strict():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -208,6 +209,32 @@ def use_adapter(model, name: str | None) -> None:
     for layer in layers:
         layer.enable_adapters(True)
     set_adapter(denoiser, name)
+
+
+def set_adapter_scale(model, name: str, alpha: float) -> None:
+    """Scale adapter ``name``'s update by ``alpha`` (0: the base's output, 1: the adapter as trained; values in
+    between walk the path from one to the other): every layer's scaling becomes alpha * lora_alpha / r (peft's
+    ``set_scale``). It stays through switching until set again (1 restores it); saved weights are not
+    changed. The lean PixArt forward
+    (pixart_fast) keys its folded weights on the scales too, so the next call folds anew."""
+    denoiser = _require(model, name)
+    alpha = float(alpha)
+    if not math.isfinite(alpha):
+        raise ValueError(f"LoRA scale {alpha!r} is not a finite number; give e.g. 0 (base) to 1 (the adapter as trained).")
+    for layer in _tuner_layers(denoiser):
+        if name in getattr(layer, "scaling", {}):
+            layer.set_scale(name, alpha)
+
+
+def adapter_scale(model, name: str) -> float:
+    """The factor set_adapter_scale gave adapter ``name`` (1.0 as loaded or trained)."""
+    denoiser = _require(model, name)
+    for layer in _tuner_layers(denoiser):
+        if name in getattr(layer, "scaling", {}):
+            rank = layer.r[name]
+            unit = layer.lora_alpha[name] / (math.sqrt(rank) if layer.use_rslora.get(name, False) else rank)
+            return float(layer.scaling[name] / unit)
+    return 1.0
 
 
 @contextmanager
