@@ -14,6 +14,7 @@ import torch
 
 from engine.align import METHODS, RunConfig, Trainer, TrainingError
 from engine.align.__main__ import main as align_main
+from engine.align.knobs import inactive_knobs
 from engine.align.rollout import Transitions, seeded, stratified_steps
 from engine.models import lora
 from engine.models.splatter_ae import SplatterAutoencoder
@@ -151,6 +152,26 @@ def test_nabla_loss_matches_its_closed_form(tmp_path):
     with torch.no_grad():
         expected = ((tr.score_coefficient(jt).view(-1, 1, 1, 1, 1) * (ctx.eps(roll, xt, tr.timesteps[jt]) - ctx.reference_eps(roll, xt, tr.timesteps[jt]))) ** 2).mean()
     torch.testing.assert_close(losses[0][0].detach(), expected, rtol=1e-3, atol=1e-6)
+
+
+def test_nabla_logs_its_regime_and_says_when_lambda_is_inactive(tmp_path, caplog):
+    """terminal_grad_share and terminal_residual_ratio from the chunks' own numbers; λ named inactive on-policy."""
+    with caplog.at_level("INFO", logger="engine.align.trainer"):
+        t = trainer(tmp_path, "nabla-r2d3", "nabla.timestep_fraction=0.5")
+    assert any("nabla.reg = 1000.0 has no effect" in r.message and "nabla.lag = true" in r.message for r in caplog.records)
+    assert [k.dotted for k in inactive_knobs(t.config.nabla, "nabla")] == ["nabla.reg"]
+    roll = t.rollout(0, keep_graphs=True)
+    rows = [info for _, info in t.method.losses(roll, 0)]
+    assert len(rows) == 3
+    m = t.method.step_metrics(rows)
+    assert m["terminal_grad_share"] == pytest.approx(rows[0]["_pull"] / sum(r["_pull"] for r in rows))
+    assert 0 < m["terminal_grad_share"] <= 1
+    assert m["terminal_residual_ratio"] == pytest.approx(rows[0]["_rms_diff"] / rows[0]["_rms_target"])
+    assert not any(k.startswith("_") for k in m) and m["loss_fwd"] == pytest.approx(sum(r["loss_fwd"] for r in rows) / 3)
+    row = next(t.run())
+    assert {"terminal_grad_share", "terminal_residual_ratio"} <= set(row)
+    lagged = trainer(tmp_path, "nabla-r2d3", "nabla.lag=true", name="lagged")
+    assert inactive_knobs(lagged.config.nabla, "nabla") == []
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -22,7 +22,7 @@ def knob_help() -> str:
         lines.append(f"  {name} ({cls.title}): {cls.summary}")
         for k in knob_fields(cls.config, cls.config_field):
             default = "from the reward" if k.default is None else repr(k.default)
-            lines.append(f"    {k.dotted} = {default}" + (f"  {k.meta.help}" if k.meta.help else ""))
+            lines.append(f"    {k.dotted} = {default}" + (f"  {k.meta.note}" if k.meta.note else ""))
     return "\n".join(lines)
 
 

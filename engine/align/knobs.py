@@ -37,6 +37,13 @@ class Knob:
     # moves further from the base (β), -1 when it holds closer (a KL weight); 0: not the strength
     strength: int = 0
     per_reward_range: float | None = None  # a None default means this value / (the reward's usual range)
+    active_with: str | None = None  # a bool knob of the same config without which this one has no effect
+
+    @property
+    def note(self) -> str:
+        """The help plus when the knob acts, for help texts and the studio."""
+        when = f" (acts only with {self.active_with} = true)" if self.active_with else ""
+        return f"{self.help}{when}"
 
 
 def knob(default: Any, help: str = "", **meta: Any) -> Any:
@@ -129,6 +136,11 @@ def reward_scaled(config, group: str, span: float | None) -> dict[str, float]:
 def scaled_default(k: KnobField, span: float) -> float:
     """A per-reward-range knob's value for a reward whose usual range is ``span`` (3 significant digits)."""
     return float(f"{k.meta.per_reward_range / span:.3g}")
+
+
+def inactive_knobs(config, group: str) -> list[KnobField]:
+    """The knobs of ``config`` that do nothing as it is set (their ``active_with`` switch is off)."""
+    return [k for k in knob_fields(type(config), group) if k.meta.active_with and not getattr(config, k.meta.active_with)]
 
 
 def strength_knob(config_cls: type, group: str) -> KnobField | None:

@@ -37,6 +37,7 @@ from ..prompts import EVAL_PROMPTS, prompt_notice, read_prompts, validate_prompt
 from ..render import render
 from ..rewards import build_ensemble, list_rewards, parse_ensemble
 from .config import RunConfig
+from .knobs import inactive_knobs
 from .methods import METHODS, Context
 from .rollout import GraphPlan, RewardPath, Rollout, Transitions, seeded
 from .run_folder import RunFolder
@@ -118,6 +119,10 @@ class Trainer:
         if self.local_batch % group:
             raise ValueError(f"batch_size = {config.batch_size}: each of {self.world.size} processes needs whole groups of {group}.")
         self._check_folder(resume)
+        group = config.method_config()
+        for k in inactive_knobs(group, METHODS[config.method].config_field):
+            log.info("%s = %r has no effect in this run: it acts only with %s.%s = true.", k.dotted, getattr(group, k.name),
+                     k.group, k.meta.active_with)
         self.prompts = [validate_prompt(p) for p in prompts] if prompts is not None else read_prompts(config.prompts)
         outside = [p for p in self.prompts if prompt_notice(p)] if config.model == "tiny" else []
         if outside:
@@ -271,9 +276,9 @@ class Trainer:
             "loss": total, "grad_norm": grad_norm, "lr": self.optimizer.param_groups[0]["lr"], "skipped_updates": self.skipped,
             "sample_seconds": round(t_sample, 3), "update_seconds": round(elapsed - t_sample, 3),
         }
-        for key in (rows[0] if rows else {}):
-            metrics[key] = sum(r[key] for r in rows) / len(rows)
-        return self.world.mean_metrics(metrics, ["loss", *(rows[0] if rows else {})])
+        method_metrics = self.method.step_metrics(rows) if rows else {}
+        metrics.update(method_metrics)
+        return self.world.mean_metrics(metrics, ["loss", *method_metrics])
 
     def batch_prompts(self, step: int) -> tuple[list[str], list[int]]:
         """This process's prompts and global sample indices for ``step`` (groups of one prompt for

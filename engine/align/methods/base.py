@@ -134,6 +134,10 @@ class Method:
         gradients add up to the gradient of the method's objective averaged over the local batch."""
         raise NotImplementedError
 
+    def step_metrics(self, rows: list[dict[str, float]]) -> dict[str, float]:
+        """The step's metrics from the info dicts its loss chunks yielded (default: each key's mean)."""
+        return mean_metrics(rows)
+
     def after_step(self, step: int, rollout: Rollout) -> None:
         """Called after each optimiser step (e.g. to update an old-policy copy)."""
 

@@ -22,7 +22,7 @@ from ...core.sampling import Trajectory
 from ...models.base import Condition
 from ..knobs import bad_value, knob
 from ..rollout import GraphPlan, Rollout, _bc, alpha_bar, stratified_steps
-from .base import Method
+from .base import Method, mean_metrics
 
 # β multiplies the raw reward gradient, so its default is per unit of the reward's usual range: on the tiny model
 # the last sampler step's score coefficient (~1e3) needs ~1e6-1e7 per unit before the samples move. Measured
@@ -38,8 +38,8 @@ class NablaConfig:
     beta: float | None = knob(None, f"reward temperature: target p ∝ p_ref · exp(β r); unset: {BETA_PER_RANGE:.0e} per unit "
                               "of the reward's usual range", title="β (beta)", low=0, sweep=(3e6, 3e7, 3e8), strength=1,
                               per_reward_range=BETA_PER_RANGE)
-    reg: float = knob(1e3, "λ: ε-space trust region to the sampling policy (only bites off-policy, see `lag`)",
-                      title="λ (reg)", low=0)
+    # on-policy ε_θ equals the sampled ε_old, so the term and its gradient are exactly 0: it acts only with `lag`
+    reg: float = knob(1e3, "λ: ε-space trust region to the sampling policy", title="λ (reg)", low=0, active_with="lag")
     strength: float = knob(1.0, "κ: weight of the reference score", title="κ (strength)", low=0)
     timestep_fraction: float = knob(0.4, "K = int(N · fraction) transitions per trajectory, the terminal one always",
                                     low=0, open_low=True, high=1)
@@ -128,9 +128,28 @@ class NablaR2D3(Method):
             fwd = resid.pow(2).mean() if cfg.loss == "l2" else resid.abs().mean()
             reg = (eps - eps_old).pow(2).mean()
             shift = g / _bc(tr.score_coefficient(j), g)
-            yield (fwd + cfg.reg * reg) / K, {
+            loss = (fwd + cfg.reg * reg) / K
+            # the regime (step_metrics): this chunk's pull on the denoiser's output, and residual vs target sizes
+            (pull,) = torch.autograd.grad(loss, eps, retain_graph=True)
+            yield loss, {
                 "loss_fwd": fwd.item(), "loss_reg": reg.item(), "target_shift": shift.pow(2).mean().sqrt().item(), **info,
+                "_pull": pull.norm().item(), "_rms_diff": s_diff.detach().pow(2).mean().sqrt().item(),
+                "_rms_target": g.pow(2).mean().sqrt().item(),
             }
+
+    def step_metrics(self, rows):
+        """Besides the means: where the step's gradient comes from. ``terminal_grad_share``: the terminal
+        transition's share of the loss gradient's norm at the denoiser output (Σ over chunks of its norm);
+        ``terminal_residual_ratio``: RMS(s_θ − κ s_ref) / RMS(g) at the terminal transition. While that ratio is
+        far below 1 the loss is about −2⟨s_θ − κ s_ref, g⟩ and its gradient points along g whatever β is (Adam
+        cancels β's scale): β only shapes the fixed point once the policy's score has moved to g's size."""
+        terminal, hidden = rows[0], ("_pull", "_rms_diff", "_rms_target")
+        pulls = sum(r["_pull"] for r in rows)
+        out = mean_metrics([{k: v for k, v in r.items() if k not in hidden} for r in rows])
+        out["terminal_grad_share"] = terminal["_pull"] / pulls if pulls > 0 else float("nan")
+        target = terminal["_rms_target"]
+        out["terminal_residual_ratio"] = terminal["_rms_diff"] / target if target > 0 else float("nan")
+        return out
 
     def reward_gradient(self, data: Rollout, j, step: int, k: int):
         """β ∇_{x_{j+1}} R̄(x̂0^θ(x_{j+1})), clipped and ᾱ-weighted per sample; detached."""
