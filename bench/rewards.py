@@ -1,6 +1,6 @@
 """Reward speed and sanity figures; one JSON line per row.
 
-    python bench/rewards.py [--repeats 20] [--objects 24] [--real]
+    python bench/rewards.py [--repeats 20] [--objects 24] [--real] [--variants 48]
 
 Speed rows (``reward``, ``images``, ``resolution``, ``forward_s``, ``backward_s``): each reward on 16
 renders (4 world objects x 4 views, ground-truth splats rendered by the engine) at 128x128, median
@@ -9,8 +9,9 @@ its prompt cache warm (as in training, where prompts repeat); a second row times
 ``--real`` adds the real rewards (open_clip's models) at full size with random weights (speed only:
 no weights here), on 4 renders at 256 px.
 
-Sanity rows: ``geometry`` on every category's ground-truth splats against the same splats with
-jittered rotations; ``alignment`` ranking on exact ray-cast renders of the 24 held-out category-colour
+Sanity rows: ``geometry`` and ``geometry_official`` on every category's ground-truth splats against the same
+splats with jittered rotations; with ``--variants N``, both on N samples of the tiny base (held-out prompts,
+seed 0, 20 steps, the evaluation views at 128 px): means, paired difference and rank agreement; ``alignment`` ranking on exact ray-cast renders of the 24 held-out category-colour
 pairs, one object each: does each object's own caption outscore the other objects' captions (score
 averaged over the 4 views)? ``pairwise_rate`` over all pairs, ``top1_rate`` per object.
 """
@@ -47,6 +48,7 @@ from engine.rewards import (  # noqa: E402
     AlignmentReward,
     ClipScoreReward,
     ColorfulnessReward,
+    GeometryOfficialReward,
     GeometryReward,
     HPSv2Reward,
     RewardInputs,
@@ -108,11 +110,35 @@ def random_real_rewards() -> list:
     return out
 
 
+def geometry_variants(n: int) -> None:
+    """Ours and the official code's depth-normal consistency on the same base samples (the assets training
+    scores): means, their paired difference with its standard error, and how well they rank assets alike."""
+    from engine.core.cameras import evaluation_views
+    from engine.generate import generate, load_model
+    from engine.prompts import EVAL_PROMPTS, read_prompts
+
+    prompts = (read_prompts(None, EVAL_PROMPTS) * n)[:n]
+    model, cams = load_model("tiny"), evaluation_views()
+    with torch.no_grad():
+        out = render(generate(model, prompts, [0] * n, steps=20).gaussians, cams, 128)
+        ours = score_assets(GeometryReward(), out, prompts, cams).double()
+        official = score_assets(GeometryOfficialReward(), out, prompts, cams).double()
+    diff = official - ours
+    ranks = [x.argsort().argsort().double() for x in (ours, official)]
+    print(json.dumps({"check": "geometry_variants_on_base_samples", "assets": n, "ours_mean": round(ours.mean().item(), 4),
+                      "official_mean": round(official.mean().item(), 4), "difference": round(diff.mean().item(), 4),
+                      "difference_se": round((diff.std() / n ** 0.5).item(), 4),
+                      "pearson": round(torch.corrcoef(torch.stack([ours, official]))[0, 1].item(), 3),
+                      "spearman": round(torch.corrcoef(torch.stack(ranks))[0, 1].item(), 3)}), flush=True)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--objects", type=int, default=24, help="objects for the sanity rows")
     p.add_argument("--real", action="store_true", help="also time the real rewards at full size, random weights")
+    p.add_argument("--variants", type=int, default=0, metavar="N",
+                   help="also score N base samples (held-out prompts, seed 0) with both geometry variants")
     args = p.parse_args(argv)
     torch.manual_seed(0)
 
@@ -136,17 +162,19 @@ def main(argv=None) -> None:
             speed_row(name, reward, small, max(1, args.repeats // 10), options=f"{model}, random weights")
             del reward
 
-    # geometry: ground-truth splats vs the same with jittered rotations
-    geo = GeometryReward()
-    flat, jittered = [], []
-    for i, c in enumerate(CATEGORY_NAMES[: args.objects]):
-        spec = ObjectSpec(c, COLOR_NAMES[i % len(COLOR_NAMES)], None, i)
-        for store, jitter in ((flat, 0.0), (jittered, 0.5)):
-            with torch.no_grad():
-                store.append(score_assets(geo, render(splats(spec, jitter, seed=i), CAMS, 128), [""], CAMS).item())
-    print(json.dumps({"check": "geometry_flat_vs_jittered", "objects": len(flat), "flat_mean": round(statistics.mean(flat), 4),
-                      "jittered_mean": round(statistics.mean(jittered), 4),
-                      "flat_wins": sum(a > b for a, b in zip(flat, jittered)) / len(flat)}), flush=True)
+    # geometry (both variants): ground-truth splats vs the same with jittered rotations
+    for geo in (GeometryReward(), GeometryOfficialReward()):
+        flat, jittered = [], []
+        for i, c in enumerate(CATEGORY_NAMES[: args.objects]):
+            spec = ObjectSpec(c, COLOR_NAMES[i % len(COLOR_NAMES)], None, i)
+            for store, jitter in ((flat, 0.0), (jittered, 0.5)):
+                with torch.no_grad():
+                    store.append(score_assets(geo, render(splats(spec, jitter, seed=i), CAMS, 128), [""], CAMS).item())
+        print(json.dumps({"check": "geometry_flat_vs_jittered", "reward": geo.name, "objects": len(flat),
+                          "flat_mean": round(statistics.mean(flat), 4), "jittered_mean": round(statistics.mean(jittered), 4),
+                          "flat_wins": sum(a > b for a, b in zip(flat, jittered)) / len(flat)}), flush=True)
+    if args.variants:
+        geometry_variants(args.variants)
 
     # alignment: each held-out object's caption against every other object's caption, on exact renders
     rng = random.Random(0)

@@ -33,17 +33,18 @@ def _cross(a: Tensor, b: Tensor) -> Tensor:
     return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], 1)
 
 
-def depth_normals(depth: Tensor, alpha: Tensor, Ks: Tensor) -> Tensor:
+def depth_normals(depth: Tensor, alpha: Tensor, Ks: Tensor, *, raw: bool = False) -> Tensor:
     """Normals from finite differences of the back-projected expected depth.
 
     Args:
         depth: [N, 1, H, W] alpha-weighted depth (the renderer's ``depth``); alpha: [N, 1, H, W];
-        Ks: [N, 3, 3] pixel intrinsics (pixel centres at +0.5).
+        Ks: [N, 3, 3] pixel intrinsics (pixel centres at +0.5); ``raw``: back-project the alpha-weighted depth
+        as it is (the official code's ``raw_depth``) instead of dividing it by alpha.
     Returns:
         [N, 3, H, W] unit camera-space normals facing the camera, 0 on the border.
     """
     N, _, H, W = depth.shape
-    z = depth / alpha.clamp_min(1e-6)
+    z = depth if raw else depth / alpha.clamp_min(1e-6)
     P = _pixel_rays(Ks.to(depth), H, W) * z  # [N, 3, H, W] camera-space points
     d_r = P[:, :, 2:, 1:-1] - P[:, :, :-2, 1:-1]
     d_c = P[:, :, 1:-1, 2:] - P[:, :, 1:-1, :-2]
@@ -52,19 +53,21 @@ def depth_normals(depth: Tensor, alpha: Tensor, Ks: Tensor) -> Tensor:
 
 
 def depth_normal_consistency(depth: Tensor, normal: Tensor, alpha: Tensor, cameras: Cameras, *, mask_threshold: float = 0.5,
-                             max_angle: float | None = None) -> Tensor:
+                             max_angle: float | None = None, raw: bool = False) -> Tensor:
     """Per-image mean cosine between rendered normals and depth-derived normals over the object mask.
 
     As the DNC geometry reward of Nabla-R2D3 (research/nabla-r2d3.md §4.3), with this project's
     intrinsics instead of a fixed 40-degree FoV. Inputs are [N, C, H, W]; ``cameras`` holds N cameras.
     ``max_angle`` (degrees), the reference's angle mask: only pixels whose depth normal is within this
     angle of the viewing ray count (grazing surfaces have unreliable finite differences).
+    ``raw``: the official code's variant: the alpha-blended normal as rendered (its length, at most alpha,
+    counts) against normals of the alpha-weighted depth as rendered (not divided by alpha).
     Returns [N] in [-1, 1]; higher is more self-consistent geometry.
     """
     N, _, H, W = depth.shape
     Ks = cameras.Ks(W, H).reshape(N, 3, 3).to(depth)
-    n_d = depth_normals(depth, alpha, Ks)
-    n_r = _unit(normal)
+    n_d = depth_normals(depth, alpha, Ks, raw=raw)
+    n_r = normal if raw else _unit(normal)
     m = (alpha > mask_threshold).to(depth)
     if max_angle is not None:
         rays = _unit(_pixel_rays(Ks, H, W))

@@ -38,6 +38,7 @@ from engine.rewards import (
 from engine.rewards.__main__ import main as rewards_cli
 from engine.rewards.openclip import load_clip, model_source, preprocess
 from engine.rewards.preference import AestheticHead
+from engine.metrics import depth_normal_consistency
 from engine.splatter import decode_splatter
 
 CAMS = canonical_views()
@@ -131,6 +132,20 @@ def test_geometry_gradient(mushroom, detach_depth):
     if not detach_depth:  # through depth = alpha * z, as the renderer moves them (d/d depth grows as 1/alpha)
         z = depth / alpha.clamp_min(1e-6)
         _check_gradient(lambda z: reward(inp.images.double(), alpha=alpha, depth=alpha * z, normal=inp.normal.double(), cameras=cams), z)
+
+
+def test_geometry_official_variant_scores_raw_normals_and_depth(mushroom):
+    """The official code's DNC by name: raw (alpha-long) normals count their length, raw depth is not divided by
+    alpha: normals shorter than 1 and depth falling off at soft edges score lower (0.69 vs 0.89 on this mushroom)."""
+    inp = _inputs(mushroom)
+    ours, official = GeometryReward().score_inputs(inp), build_reward("geometry_official").score_inputs(inp)
+    assert (official < ours - 0.05).all() and (official > 0.5).all()
+    manual = depth_normal_consistency(inp.depth, inp.normal, inp.alpha, inp.cameras, raw=True)
+    torch.testing.assert_close(official, manual)
+    faint = RewardInputs(**{**vars(inp), "normal": inp.normal * 0.5})
+    torch.testing.assert_close(build_reward("geometry_official").score_inputs(faint), official * 0.5)  # length counts
+    torch.testing.assert_close(GeometryReward().score_inputs(faint), ours)  # ours normalises it away
+    assert {i.name: i for i in list_rewards()}["geometry_official"].available
 
 
 # --------------------------------------------------------------------------------------- colorfulness

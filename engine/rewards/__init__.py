@@ -20,20 +20,22 @@ from .base import (
     normalise,
     score_assets,
 )
-from .offline import AlignmentReward, ColorfulnessReward, GeometryReward
+from .offline import AlignmentReward, ColorfulnessReward, GeometryOfficialReward, GeometryReward
 from .preference import AestheticReward, ClipScoreReward, HPSv2Reward, MissingWeights
 
 __all__ = [
     "reward_span", "parse_weight_paths",
     "Reward", "RewardInfo", "RewardInputs", "Ensemble", "EnsembleTerm", "MissingWeights", "REWARDS",
     "build_reward", "build_ensemble", "parse_ensemble", "list_rewards", "score_assets", "flatten_renders", "normalise",
-    "GeometryReward", "ColorfulnessReward", "AlignmentReward", "ClipScoreReward", "HPSv2Reward", "AestheticReward",
+    "GeometryReward", "GeometryOfficialReward", "ColorfulnessReward", "AlignmentReward", "ClipScoreReward", "HPSv2Reward", "AestheticReward",
 ]
 
 REWARDS: dict[str, type[Reward]] = {
-    cls.name: cls for cls in (GeometryReward, AlignmentReward, ColorfulnessReward, HPSv2Reward, AestheticReward, ClipScoreReward)
+    cls.name: cls for cls in (GeometryReward, AlignmentReward, ColorfulnessReward, HPSv2Reward, AestheticReward, ClipScoreReward,
+                              GeometryOfficialReward)
 }
-OFFLINE = ("geometry", "alignment", "colorfulness")
+OFFLINE = ("geometry", "alignment", "colorfulness")  # the offline rewards every evaluation scores
+BUILT_IN = ("geometry", "colorfulness", "geometry_official")  # need nothing but the renders
 
 
 def _cls(name: str) -> type[Reward]:
@@ -46,7 +48,7 @@ def build_reward(name: str, **options: Any) -> Reward:
     """A reward by name. Options go to its constructor (offline rewards) or ``from_weights`` (real ones),
     e.g. ``build_reward("hpsv2", weights="~/weights/hps")`` or ``build_reward("geometry", max_angle=60)``."""
     cls = _cls(name)
-    if name in OFFLINE:
+    if name in OFFLINE or name in BUILT_IN:
         if name == "alignment" and "weights" in options:
             options = {"evaluator": options.pop("weights"), **options}
         return cls(**options)
@@ -106,7 +108,7 @@ def list_rewards(weights: dict[str, str | Path] | None = None) -> list[RewardInf
     weights = weights or {}
     infos = []
     for name, cls in REWARDS.items():
-        if name in ("geometry", "colorfulness"):
+        if name in BUILT_IN:
             ok, detail = True, "built in"
         else:
             ok, detail = cls.available(weights.get(name))

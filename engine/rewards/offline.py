@@ -40,6 +40,23 @@ class GeometryReward(Reward):
                                         mask_threshold=self.mask_threshold, max_angle=self.max_angle)
 
 
+class GeometryOfficialReward(GeometryReward):
+    """Depth-normal consistency as the official Nabla-R2D3 code computes it (research/nabla-r2d3.md §4.3): the
+    raw alpha-blended normal (its length counts, so thin or translucent surfaces score less) dotted with normals
+    of the raw alpha-weighted depth, depth detached. ``geometry`` normalises the normal and divides depth by alpha.
+    Intrinsics are the renderer's, not a fixed 40-degree field of view."""
+
+    name = "geometry_official"
+    description = "depth-normal consistency, the official code's variant (raw normals and depth)"
+
+    def score(self, inputs: RewardInputs) -> Tensor:
+        depth, alpha = inputs.depth, inputs.alpha
+        if self.detach_depth:
+            depth, alpha = depth.detach(), alpha.detach()
+        return depth_normal_consistency(depth, inputs.normal, alpha, inputs.cameras, mask_threshold=self.mask_threshold,
+                                        max_angle=self.max_angle, raw=True)
+
+
 class ColorfulnessReward(Reward):
     """Hasler and Suesstrunk's colourfulness, on 0-255 RGB over the object pixels (alpha > 0.5; the
     whole image when no alpha is given): sigma_rgyb + 0.3 * mu_rgyb. About 0-15 reads as dull, above
