@@ -16,7 +16,6 @@ import inspect
 import json
 import math
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -30,14 +29,15 @@ from engine.align.knobs import KnobField, knob_fields, scaled_default
 from engine.align.methods import METHODS
 from engine.align.run_folder import RunFolder
 from engine.core.io import atomic_write_text
-from engine.generate import load_model
-from engine.prompts import TRAIN_PROMPTS, read_prompts, validate_prompt
+from engine.prompts import EVAL_PROMPTS, TRAIN_PROMPTS, read_prompts, validate_prompt
 from engine.rewards import list_rewards, parse_ensemble, reward_span
 
-from .catalogue import catalogue, zip_adapter
-from .curves import read_metrics, read_run_config, reward_figure
-from .finetunes import Finetunes, job_status, read_status
+from . import heldout, presets
+from .catalogue import catalogue, display_name, zip_adapter
+from .curves import live_figure, read_metrics, read_run_config
+from .finetunes import FINETUNES, QUEUE, job_status, read_status
 from .jobs import LIVE
+from .runs_list import RunsList, delete_run, files_of, jobs_table, run_folder  # noqa: F401 (the tab's API, tests)
 from .sessions import refusal, session_dir
 
 BUILTIN = "built-in training set"
@@ -45,19 +45,19 @@ OWN = "my own list"
 MAX_PROMPTS = 500
 MAX_STEPS = 1000
 
-# Studio defaults, chosen so a CPU run shows its first curve point within ~30 s (RunConfig's defaults,
-# batch 4 x 20 sampler steps at 128 px, take tens of seconds per step here): batch 2 and 10 sampler steps
-# halve the rollout twice, 64 px renders quarter the reward's cost. The price: a noisier curve (2 prompts a
-# step) and samples of a coarser sampler than generation's 20 steps. Samples every 5 steps cost one
-# 4-prompt sampling each. Set RunConfig's values in "Run settings" for runs comparable to the shipped ones.
-# Method, reward and lr: the quickest climb measured here. On base v2 with these defaults (colorfulness, seed 0,
-# 10 steps), ReFL went 43 -> 110; Nabla-R2D3 with its reward-scaled beta (below) climbed as much (43 -> 111)
-# but took 2.6x as long (94 s vs 36 s, cores busy): it takes its reward gradient at every trained transition.
-# On geometry at lr 1e-4 no method moved visibly within 12 steps. Nabla-R2D3 is one click away in the list.
-DEFAULTS = {"method": "refl", "reward": "colorfulness", "steps": 30, "seed": 0, "lr": 1e-3, "batch_size": 2,
-            "sampler_steps": 10, "render_resolution": 64, "sample_every": 5}
-SMOOTH = 5  # steps in the moving average drawn over the live curve (a 2-prompt batch is noisy)
+# Studio defaults: the first preset (app/presets.py), Nabla-R2D3 on alignment, chosen by measurement (below).
+# Run settings are small for a CPU (RunConfig's batch 4 x 20 sampler steps at 128 px take tens of seconds per
+# step here): batch 2 and 10 sampler steps halve the rollout twice, 64 px renders quarter the reward's cost. The
+# price: a noisy training curve (2 prompts a step), hence the held-out check every 5 steps: 4 prompts x 2 seeds the
+# run does not train on, paired with the base (same noise), drawn with its 95% interval.
+# MEASURED: see the README's Finetune section (filled in below once measured).
+DEFAULTS = {k: v for k, v in presets.PRESETS[presets.DEMO].items() if k not in ("prompt_source", "prompts", "heldout_prompts", "nabla_beta")}
+DEFAULT_PROMPT_SOURCE = presets.PRESETS[presets.DEMO]["prompt_source"]
+DEFAULT_PROMPTS = presets.PRESETS[presets.DEMO]["prompts"]
+DEFAULT_HELDOUT = presets.PRESETS[presets.DEMO]["heldout_prompts"]
+SMOOTHING = 0.6  # the EMA drawn over the training reward, by default (the page has a slider)
 SAMPLES_HEIGHT = 560  # px: the before | now image (about square), scaled down to fit
+MAX_HELDOUT = 24  # held-out prompts (x seeds) sampled at each check: a few seconds each on a CPU
 
 
 # ------------------------------------------------------------------------------------ method knobs
@@ -85,10 +85,18 @@ def reward_default(knob: KnobField, reward: str) -> float | None:
         return None
 
 
+def readable(value) -> str:
+    """A number as people write it: 5e7 (not 50000000), 2.73e5, 0.001, 1000; "" for None."""
+    if value is None:
+        return ""
+    text = f"{float(value):.4g}"
+    return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m[1] == "-" else "") + m[2], text)
+
+
 def _knob_component(knob: KnobField, reward: str):
     info = knob.meta.help or None
-    if knob.meta.per_reward_range is not None:  # follows the chosen reward
-        return gr.Number(value=reward_default(knob, reward), label=knob.title, info=info)
+    if knob.meta.per_reward_range is not None:  # follows the chosen reward; a text box shows 5e7, not 50000000
+        return gr.Textbox(value=readable(reward_default(knob, reward)), label=knob.title, info=info, max_lines=1)
     if knob.type is bool:
         return gr.Checkbox(value=knob.default, label=knob.title, info=info)
     if knob.meta.choices:
@@ -96,7 +104,7 @@ def _knob_component(knob: KnobField, reward: str):
     if knob.type is int:
         return gr.Number(value=knob.default, precision=0, label=knob.title, info=info)
     if knob.type is float:
-        return gr.Number(value=knob.default, label=knob.title, info=info)
+        return gr.Textbox(value=readable(knob.default), label=knob.title, info=info, max_lines=1)
     return gr.Textbox(value=str(knob.default), label=knob.title, info=info, max_lines=1)
 
 
@@ -109,10 +117,13 @@ def reward_status() -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def _unavailable_note() -> str:
+    """The rewards that cannot run here, folded: one line, the reasons behind a details toggle."""
     _, missing = reward_status()
     if not missing:
         return ""
-    return "Unavailable here: " + "; ".join(f"**{n}** ({why})" for n, why in missing)
+    reasons = "".join(f"<li><b>{n}</b>: {why}</li>" for n, why in missing)
+    return (f"<details><summary>{len(missing)} more rewards need weights or packages this server lacks: "
+            f"{', '.join(n for n, _ in missing)}</summary><ul>{reasons}</ul></details>")
 
 
 def _slug(text: str) -> str:
@@ -129,21 +140,34 @@ def new_run_dir(method: str, reward: str) -> Path:
     return out
 
 
-def parse_prompts(text: str | None) -> list[str]:
+def parse_prompts(text: str | None, what: str = "prompt list", most: int = MAX_PROMPTS,
+                  empty: str = "or choose the built-in training set") -> list[str]:
     """The user's list: one prompt per line, blank lines and # comments skipped, each validated."""
     lines = [ln.strip() for ln in (text or "").splitlines()]
     prompts = [ln for ln in lines if ln and not ln.startswith("#")]
     if not prompts:
-        raise ValueError("The prompt list is empty: write one prompt per line, or choose the built-in training set.")
-    if len(prompts) > MAX_PROMPTS:
-        raise ValueError(f"The prompt list has {len(prompts)} prompts; at most {MAX_PROMPTS} are taken.")
+        raise ValueError(f"The {what} is empty: write one prompt per line, {empty}.")
+    if len(prompts) > most:
+        raise ValueError(f"The {what} has {len(prompts)} prompts; at most {most} are taken.")
     out = []
     for i, p in enumerate(prompts, 1):
         try:
             out.append(validate_prompt(p))
         except ValueError as err:
-            raise ValueError(f"Prompt {i} ({p[:40]!r}): {err}") from None
+            raise ValueError(f"Prompt {i} of the {what} ({p[:40]!r}): {err}") from None
     return out
+
+
+def heldout_prompts(text: str | None, training: list[str]) -> list[str]:
+    """The held-out check's prompts: the user's list, none of them a training prompt (the check would then
+    measure memory, not generalisation)."""
+    held = parse_prompts(text, "held-out prompt list", MAX_HELDOUT, "or set the held-out check to 0 (off)")
+    seen = {p.lower() for p in training}
+    both = [p for p in held if p.lower() in seen]
+    if both:
+        raise ValueError(f"Held-out prompt {both[0]!r} is also a training prompt: held-out prompts must be ones the run "
+                         "does not train on (remove it from one of the lists).")
+    return held
 
 
 def _number(value, label: str, kind=float):
@@ -179,6 +203,8 @@ def build_config(values: dict, prompts_file: Path | None) -> RunConfig:
                     sampler_steps=_number(values["sampler_steps"], "sampler_steps", int),
                     render_resolution=_number(values["render_resolution"], "render_resolution", int),
                     sample_every=_number(values["sample_every"], "sample_every", int),
+                    eval_every=_number(values["eval_every"], "held-out check every", int),
+                    eval_seeds=_number(values["eval_seeds"], "held-out seeds", int),
                     prompts=str(prompts_file) if prompts_file else None, model="tiny")
     # the chosen method's knobs only (the others keep their defaults, as config.json records them)
     overrides = []
@@ -202,10 +228,6 @@ def build_config(values: dict, prompts_file: Path | None) -> RunConfig:
 
 # ------------------------------------------------------------------------------------ the server's jobs
 
-FINETUNES = Finetunes(lambda: load_model("tiny"))  # its own fresh base per run: the shared Pool keeps serving
-QUEUE = FINETUNES.queue
-
-
 def server_status() -> str:
     """One line about the server's finetunes (the one training, how many wait)."""
     job, waiting = QUEUE.current(), QUEUE.waiting()
@@ -213,19 +235,8 @@ def server_status() -> str:
         return "No finetune is running on this server." + (f" {len(waiting)} waiting." if waiting else "")
     started = time.strftime("%H:%M", time.localtime(job.started or job.submitted))
     cfg = job.info["config"]
-    return (f"Training now: `{job.name}` ({title(cfg.method)} on {cfg.reward}), step {job.step}/{cfg.steps}, "
-            f"started {started}. " + (f"{len(waiting)} waiting (one at a time)." if waiting else ""))
-
-
-def run_folder(name: str | None) -> Path:
-    """A run made on this server, by name (ValueError for anything else: shipped runs are read-only)."""
-    name = (name or "").strip()
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ValueError(f"Run name {name!r}: give the name of a run in the Runs list, e.g. 20261207-101500-refl-geometry.")
-    folder = catalogue().runs_dir / name
-    if not (folder / "config.json").is_file():
-        raise ValueError(f"No run named {name!r} on this server (runs made here are in {catalogue().runs_dir}).")
-    return folder
+    return (f"Training now: {title(cfg.method)} on {cfg.reward}, step {job.step}/{cfg.steps}, started {started} "
+            f"(run {job.name}). " + (f"{len(waiting)} waiting (one at a time)." if waiting else ""))
 
 
 # ------------------------------------------------------------------------------------ live views
@@ -241,19 +252,32 @@ def shipped_curves(reward: str) -> list[tuple[str, pd.DataFrame, bool]]:
     return out
 
 
-def live_figure(frame: pd.DataFrame, cfg: RunConfig, shipped: list) -> go.Figure:
-    """This run's curve (solid, with a moving average) beside the shipped runs of its reward (dashed) and the
-    base level: the reward of step 1, whose rollout the base made (the adapter starts as a no-op)."""
-    base = float(frame["reward_mean"].iloc[0]) if len(frame) else None
-    label = f"this run ({title(cfg.method)})"
-    fig = reward_figure([(label, frame, False), *shipped], base_level=base, reward=cfg.reward,
-                        title=f"Reward ({cfg.reward}, mean over the batch of {cfg.batch_size})")
-    if len(frame) >= 3:
-        trend = frame["reward_mean"].rolling(SMOOTH, min_periods=1).mean()
-        fig.add_trace(go.Scatter(x=frame["step"], y=trend, name=f"this run, mean of {SMOOTH} steps", mode="lines",
-                                 line={"color": "#212529", "width": 1.5}))
-    fig.update_xaxes(range=[0, max(cfg.steps, int(frame["step"].max()) if len(frame) else 0) + 0.5])
-    return fig
+def run_figure(folder: Path, frame: pd.DataFrame, cfg: RunConfig, smoothing: float) -> go.Figure:
+    """The live figure of a run: its training reward (raw, smoothed, the shipped runs of its reward dashed) over
+    its held-out change from the base (eval.csv) with the 95% interval."""
+    evals = heldout.read_eval(folder)
+    if cfg.eval_every:
+        note = f"{_heldout_size(cfg)} every {cfg.eval_every} steps"
+    else:
+        note = "off for this run" if evals.empty else "at the end"
+    return live_figure(frame, evals, heldout.heldout_metrics(cfg.reward, evals) or [f"reward/{cfg.reward}"],
+                       label=f"this run ({title(cfg.method)})", reward=cfg.reward, batch_size=cfg.batch_size,
+                       steps=cfg.steps, smoothing=smoothing, shipped=shipped_curves(cfg.reward), heldout_note=note)
+
+
+def _heldout_size(cfg: RunConfig) -> str:
+    try:
+        n = len(read_prompts(cfg.eval_prompts, EVAL_PROMPTS))
+    except (OSError, ValueError):
+        return ""
+    return f"{n} prompts × {cfg.eval_seeds} seeds"
+
+
+def _smoothing(value) -> float:
+    try:
+        return min(max(float(value), 0.0), 0.99)
+    except (TypeError, ValueError):
+        return SMOOTHING
 
 
 def before_now(run: Path, out_dir: Path) -> str | None:
@@ -284,35 +308,40 @@ def metrics_table(rows: list[dict]) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------ the handlers
 
 FIXED_PARAMS = ["method", "reward", "steps", "prompt_source", "prompts", "seed", "lr", "batch_size", "sampler_steps",
-                "render_resolution", "sample_every"]
+                "render_resolution", "sample_every", "eval_every", "eval_seeds", "heldout_prompts"]
+FIXED_DEFAULTS = {**DEFAULTS, "prompt_source": DEFAULT_PROMPT_SOURCE, "prompts": DEFAULT_PROMPTS,
+                  "heldout_prompts": DEFAULT_HELDOUT}
 
 
 def _start(values: dict) -> str:
     try:
         if values["prompt_source"] == OWN:
-            own = parse_prompts(values["prompts"])
-        elif values["prompt_source"] not in (BUILTIN, None):
+            training = own = parse_prompts(values["prompts"])
+        elif values["prompt_source"] in (BUILTIN, None):
+            training = read_prompts(TRAIN_PROMPTS)
+        else:
             raise ValueError(f"prompt_source = {values['prompt_source']!r}: choose {BUILTIN!r} or {OWN!r}.")
         cfg = build_config(values, None)
+        held = heldout_prompts(values["heldout_prompts"], training) if cfg.eval_every else None
     except ValueError as err:
         raise refusal(str(err)) from None
     out = new_run_dir(cfg.method, cfg.reward)
+    # the lists are kept beside the runs (not in the session's temp folder) so config.json still points at them on resume
     if values["prompt_source"] == OWN:
-        # kept beside the runs (not in the session's temp folder) so config.json still points at it on resume
         prompts_file = out.parent / ".prompts" / f"{out.name}.txt"
         atomic_write_text(prompts_file, "\n".join(own) + "\n")
         cfg = dataclasses.replace(cfg, prompts=str(prompts_file))
+    if held:
+        held_file = out.parent / ".prompts" / f"{out.name}.held-out.txt"
+        atomic_write_text(held_file, "\n".join(held) + "\n")
+        cfg = dataclasses.replace(cfg, eval_prompts=str(held_file))
     FINETUNES.submit(cfg, out)
     return out.name
 
 
 def _signature() -> inspect.Signature:
     P = inspect.Parameter
-    fixed = {"method": DEFAULTS["method"], "reward": DEFAULTS["reward"], "steps": DEFAULTS["steps"],
-             "prompt_source": BUILTIN, "prompts": None, "seed": DEFAULTS["seed"], "lr": DEFAULTS["lr"],
-             "batch_size": DEFAULTS["batch_size"], "sampler_steps": DEFAULTS["sampler_steps"],
-             "render_resolution": DEFAULTS["render_resolution"], "sample_every": DEFAULTS["sample_every"]}
-    params = [P(name, P.POSITIONAL_OR_KEYWORD, default=fixed[name]) for name in FIXED_PARAMS]
+    params = [P(name, P.POSITIONAL_OR_KEYWORD, default=FIXED_DEFAULTS[name]) for name in FIXED_PARAMS]
     params += [P(param(k), P.POSITIONAL_OR_KEYWORD, default=None if k.default is None else k.default)
                for knobs in method_knobs().values() for k in knobs]
     return inspect.Signature(params)
@@ -322,7 +351,8 @@ def start_finetune(*args, **kwargs) -> str:
     """Starts a finetune, or queues it behind the one training; returns its run name (watch it with /follow, list
     it with /jobs, stop it with /stop). Parameters by name for scripts: the fixed ones, then every method's knobs
     as <group>_<knob> (e.g. nabla_beta, draft_k, ddpo_clip_range); only the chosen method's are used. A knob
-    declared per unit of the reward's range (nabla_beta) left out follows the reward."""
+    declared per unit of the reward's range (nabla_beta) left out follows the reward. Left out, the settings are
+    the tab's default preset's (presets.DEMO); eval_every = 0 turns the held-out check off."""
     bound = start_finetune.__signature__.bind(*args, **kwargs)
     bound.apply_defaults()
     return _start(dict(bound.arguments))
@@ -333,35 +363,78 @@ def start_finetune(*args, **kwargs) -> str:
 start_finetune.__signature__ = _signature()
 
 
-def _status_line(name: str, status: dict, rows: list[dict]) -> str:
+def _head(status: dict, cfg: RunConfig | None) -> str:
+    started = status.get("started") or status.get("submitted")
+    when = f", started {time.strftime('%H:%M', time.localtime(started))}" if started else ""
+    prompts = ""
+    if cfg is not None:
+        prompts = " on the built-in training prompts" if not cfg.prompts else f" on {_count(cfg.prompts)} prompts of your own"
+    return (f"{title(status.get('method', ''))} on {status.get('reward', '?')}, {status.get('planned_steps', '?')} steps"
+            f"{prompts}{when}.")
+
+
+def _count(path: str) -> int | str:
+    try:
+        return len(read_prompts(path))
+    except (OSError, ValueError):
+        return "your"
+
+
+def _adapter_words(name: str) -> str:
+    try:
+        shown = display_name(catalogue().get(f"run: {name}"))
+    except (KeyError, ValueError):
+        return "The adapter is saved with the run."
+    return f"The adapter is in the Generate and Compare lists as **{shown}**; its zip is below."
+
+
+def _status_line(name: str, status: dict, rows: list[dict], cfg: RunConfig | None = None,
+                 evals: pd.DataFrame | None = None) -> str:
     state, steps, planned = status.get("state", "unknown"), len(rows), status.get("planned_steps", "?")
-    head = f"Run `{name}`: {title(status.get('method', ''))} on **{status.get('reward', '?')}**, {planned} steps."
+    head = _head(status, cfg)
     if state == "queued":
         return f"{head}\n\n**Waiting in line**: number {QUEUE.position(name)}. It starts when the run ahead of it ends."
     if state == "starting":
         return f"{head}\n\n**Starting**: loading the base model and drawing the 'before' samples…"
+    checks = cfg is not None and cfg.eval_every > 0
     if state in ("running", "stopping") and not rows:
-        return f"{head}\n\n**Step 1 running…**" + (" (stopping after it)" if state == "stopping" else "")
+        first = (f"scoring the base on the held-out prompts ({_heldout_size(cfg)}), then step 1…"
+                 if checks and (evals is None or evals.empty) else "step 1 running…")
+        return f"{head}\n\n**Starting**: {first}" + (" (stopping after it)" if state == "stopping" else "")
     if not rows:
         return f"{head}\n\n**{state.capitalize()}**" + (f": {status['reason']}" if status.get("reason") else ".")
     last, first = rows[-1], rows[0]
-    trend = (f"reward {last['reward_mean']:.4f} (step 1: {first['reward_mean']:.4f}, "
-             f"{last['reward_mean'] - first['reward_mean']:+.4f}) · loss {last['loss']:.4g}")
+    trend = (f"Training reward (batch of {cfg.batch_size if cfg else '?'}, noisy): {first['reward_mean']:.4g} at step 1 → "
+             f"{last['reward_mean']:.4g} at step {int(last['step'])}.")
+    held = heldout.summary(cfg.reward, evals, *_heldout_counts(cfg)) if cfg is not None and evals is not None else ""
+    if not held and checks:
+        held = f"Held-out check: the first comparison with the base comes at step {cfg.eval_every}."
     if state in ("running", "stopping"):
         per_step = last["wall_seconds"] / max(1, last["step"])
-        left = per_step * (planned - last["step"]) if isinstance(planned, int) else 0
-        return (f"{head}\n\n**Step {int(last['step'])}/{planned}** · {trend} · {per_step:.1f} s/step · about "
-                f"{_fmt_seconds(left)} left" + (" · **stopping after this step**" if state == "stopping" else ""))
+        left = ""
+        if isinstance(planned, int) and status.get("started") and status.get("from_step") is not None:
+            done_here = int(last["step"]) - int(status["from_step"])
+            if done_here > 0:  # wall clock since this job began: held-out checks and samples included
+                left = f" · about {_fmt_seconds((time.time() - status['started']) / done_here * (planned - last['step']))} left"
+        return (f"{head}\n\n**Step {int(last['step'])}/{planned}** · {per_step:.1f} s per training step (checks and samples "
+                f"not counted){left}" + (" · **stopping after this step**" if state == "stopping" else "")
+                + f"\n\n{held} {trend}")
     how = {"finished": "Run finished", "stopped": f"Run stopped at step {steps}/{planned}",
            "killed": f"Run cut off at step {steps}/{planned} (the server stopped)",
            "failed": "Run failed"}.get(state, f"Run {state}")
     reason = f" ({status['reason']})" if status.get("reason") and state == "failed" else ""
     more = " Resume continues it from its last checkpoint." if state in ("stopped", "killed", "failed") else ""
-    return (f"{head}\n\n**{how}.**{reason} {trend}. The adapter is **run: {name}** in the Generate and Compare "
-            f"lists; the zip is below.{more}")
+    return f"{head}\n\n**{how}.**{reason} {held} {trend} {_adapter_words(name)}{more}"
 
 
-def view(name: str | None, work: Path | None) -> tuple:
+def _heldout_counts(cfg: RunConfig) -> tuple[int | None, int | None]:
+    try:
+        return len(read_prompts(cfg.eval_prompts, EVAL_PROMPTS)), cfg.eval_seeds
+    except (OSError, ValueError):
+        return None, None
+
+
+def view(name: str | None, work: Path | None, smoothing: float = SMOOTHING) -> tuple:
     """(status, figure, before|now samples, metrics table, adapter zip or None) of a run as it is now."""
     folder = run_folder(name)
     rf, status = RunFolder(folder), read_status(folder, QUEUE)
@@ -372,13 +445,15 @@ def view(name: str | None, work: Path | None) -> tuple:
     if status.get("state") not in LIVE and (folder / "adapter").is_dir() and work is not None and work.is_dir():
         zipped = str(zip_adapter(catalogue().get(f"run: {name}"), work))
     samples = before_now(folder, work) if work is not None else None
-    return _status_line(name, status, rows), live_figure(frame, cfg, shipped_curves(cfg.reward)), samples, frame, zipped
+    evals = heldout.read_eval(folder)
+    return (_status_line(name, status, rows, cfg, evals), run_figure(folder, frame, cfg, _smoothing(smoothing)), samples,
+            frame, zipped)
 
 
-def run_view(name: str, work: Path | None) -> tuple:
+def run_view(name: str, work: Path | None, smoothing: float = SMOOTHING) -> tuple:
     """view() of a run, or the line's word on one still waiting (no folder yet); ValueError for an unknown name."""
     try:
-        return view(name, work)
+        return view(name, work, smoothing)
     except ValueError:
         job = QUEUE.get(name)
         if job is None:
@@ -409,64 +484,7 @@ def follow(run: str, request: gr.Request = None):
         time.sleep(1.0)
 
 
-def jobs_table() -> pd.DataFrame:
-    """Every run made on this server, newest first: name, method, reward, steps done/planned, state (with the
-    position in line), started, and the reason of a failure."""
-    rows = []
-    root = catalogue().runs_dir
-    folders = sorted((p for p in root.iterdir() if (p / "config.json").is_file()), reverse=True) if root.is_dir() else []
-    names = {p.name for p in folders}
-    for job in QUEUE.waiting():  # queued runs have no folder yet
-        if job.name not in names:
-            cfg = job.info["config"]
-            rows.append({"run": job.name, "method": cfg.method, "reward": cfg.reward, "steps": 0,
-                         "planned": cfg.steps, "state": f"queued ({QUEUE.position(job.name)} in line)",
-                         "started": "", "reason": ""})
-    for folder in folders:
-        status = read_status(folder, QUEUE)
-        if not status:
-            cfg = RunFolder(folder).config_dict()
-            status = {"state": "unknown", "method": cfg.get("method"), "reward": cfg.get("reward"),
-                      "planned_steps": cfg.get("steps"), "steps": len(RunFolder(folder).metrics_rows())}
-        state = status.get("state", "unknown")
-        if state == "queued":
-            state = f"queued ({QUEUE.position(folder.name)} in line)"
-        started = status.get("started") or status.get("submitted")
-        rows.append({"run": folder.name, "method": status.get("method"), "reward": status.get("reward"),
-                     "steps": status.get("steps", 0), "planned": status.get("planned_steps"), "state": state,
-                     "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "",
-                     "reason": status.get("reason", "")})
-    return pd.DataFrame(rows, columns=["run", "method", "reward", "steps", "planned", "state", "started", "reason"])
-
-
 MAX_CONFIG_BYTES = 100_000
-
-
-def files_of(run: str | None) -> list[str] | None:
-    """The shown run's config.json, metrics.csv and eval.csv (those it has), for download."""
-    try:
-        folder = run_folder(run)
-    except ValueError:
-        return None
-    return [str(folder / n) for n in ("config.json", "metrics.csv", "eval.csv") if (folder / n).is_file()]
-
-
-def delete_run(run: str, sure: bool) -> str:
-    """Deletes a run made on this server (not while it trains or waits), after the user confirmed."""
-    try:
-        folder = run_folder(run)
-        job = QUEUE.get(folder.name)
-        if job is not None and job.live:
-            raise ValueError(f"Run {folder.name} is {job.state}: stop it first.")
-        if not sure:
-            raise ValueError(f"Tick \"delete it for good\" to delete run {folder.name} (adapter, curve, samples).")
-    except ValueError as err:
-        raise refusal(str(err)) from None
-    trash = folder.parent / f".{folder.name}.deleted"
-    folder.rename(trash)  # gone from every list at once; the files go after
-    shutil.rmtree(trash, ignore_errors=True)
-    QUEUE.forget(folder.name)
-    return f"Run `{folder.name}` is deleted."
 
 
 def start_from_config(file) -> str:
@@ -545,7 +563,7 @@ def on_reward_change(reward: str):
     updates = []
     for knob in _reward_scaled_knobs():
         value = reward_default(knob, reward)
-        updates.append(gr.update() if value is None else gr.update(value=value))
+        updates.append(gr.update() if value is None else gr.update(value=readable(value)))
     return updates
 
 
@@ -564,27 +582,72 @@ def on_prompt_source(source: str):
     return gr.update(visible=source == OWN)
 
 
+# ------------------------------------------------------------------------------------ presets
+
+def preset_values(name: str) -> dict:
+    """The form's values of a named preset (presets.PRESETS); ValueError for an unknown name."""
+    if name not in presets.PRESETS:
+        raise ValueError(f"Preset {name!r}: choose one of {', '.join(presets.PRESETS)}.")
+    values = dict(presets.PRESETS[name])
+    reward = values["reward"]
+    for knob in _reward_scaled_knobs():  # a knob the preset leaves out follows its reward
+        values.setdefault(param(knob), reward_default(knob, reward))
+    return values
+
+
+def on_preset(name: str, *components_order: str):
+    """gr.update per form field (in ``FORM_FIELDS`` order, then the method knob boxes): the preset's values."""
+    values = preset_values(name)
+    out = []
+    for field in FORM_FIELDS:
+        if field not in values:
+            out.append(gr.update())
+        elif field in _READABLE:
+            out.append(gr.update(value=readable(values[field])))
+        else:
+            out.append(gr.update(value=values[field]))
+    return out
+
+
+FORM_FIELDS = [*FIXED_PARAMS]  # + each knob's param, filled by build_tab
+_READABLE: set[str] = set()  # the fields shown as text in readable notation (float knobs)
+
+
 # ------------------------------------------------------------------------------------ layout
 
 def build_tab() -> None:
     """Creates the tab's components and events inside the current gr.Tab."""
     start_finetune.__signature__ = _signature()  # every method registered by now
     available, _ = reward_status()
+    demo = preset_values(presets.DEMO)
     with gr.Row():
         with gr.Column(scale=1):
+            preset = gr.Dropdown(list(presets.PRESETS), value=presets.DEMO, label="Preset",
+                                 info="fills the form with settings measured on this build (see the README)")
             method = gr.Dropdown([(title(m), m) for m in METHODS], value=DEFAULTS["method"], label="Method")
             reward = gr.Dropdown(available, value=DEFAULTS["reward"] if DEFAULTS["reward"] in available else available[0],
                                  label="Reward", info="rewards that can run on this server",
                                  allow_custom_value=True)  # so a script naming another gets the reason it cannot run
-            gr.Markdown(_unavailable_note())
+            gr.HTML(_unavailable_note())
             steps = gr.Slider(1, 200, value=DEFAULTS["steps"], step=1, label="Steps (optimiser steps)")
-            prompt_source = gr.Radio([BUILTIN, OWN], value=BUILTIN, label="Training prompts",
-                                     info=f"built-in: {len(read_prompts(TRAIN_PROMPTS))} prompts of the tiny model's world")
-            prompts = gr.Textbox("", label="Your prompts, one per line", lines=5, visible=False,
-                                 placeholder="a red chair\na blue car with yellow wheels")
             with gr.Row():
-                seed = gr.Number(value=DEFAULTS["seed"], precision=0, label="Seed")
-                lr = gr.Number(value=DEFAULTS["lr"], label="Learning rate", info="1e-3 for this quick demo; the engine's default is 1e-4")
+                seed = gr.Number(value=DEFAULTS["seed"], precision=0, label="Seed", min_width=80)
+                lr = gr.Number(value=DEFAULTS["lr"], label="Learning rate", info="the engine's default is 1e-4",
+                               min_width=120)
+            prompt_source = gr.Radio([BUILTIN, OWN], value=DEFAULT_PROMPT_SOURCE, label="Training prompts",
+                                     info=f"built-in: {len(read_prompts(TRAIN_PROMPTS))} prompts of the tiny model's world")
+            prompts = gr.Textbox(DEFAULT_PROMPTS, label="Your prompts, one per line", lines=4, max_lines=8,
+                                 visible=DEFAULT_PROMPT_SOURCE == OWN, placeholder="a red chair\na blue car with yellow wheels")
+            with gr.Row():
+                start = gr.Button("Start", variant="primary")
+            server = gr.Markdown(server_status())
+            with gr.Accordion("Held-out check (prompts the run does not train on)", open=False):
+                eval_every = gr.Slider(0, 50, value=DEFAULTS["eval_every"], step=1, label="Held-out check every N steps (0 = off)",
+                                       info="each check samples the prompts below x seeds with the base's noise; "
+                                            "its time is not counted in the step time")
+                eval_seeds = gr.Slider(1, 4, value=DEFAULTS["eval_seeds"], step=1, label="Held-out seeds per prompt")
+                heldout_box = gr.Textbox(DEFAULT_HELDOUT, label="Held-out prompts, one per line", lines=4, max_lines=8,
+                                         info=f"at most {MAX_HELDOUT}; none may be a training prompt")
             with gr.Accordion("Run settings (cost per step)", open=False):
                 gr.Markdown("Studio defaults favour a quick first point on a CPU; RunConfig's are batch 4, "
                             "20 sampler steps, 128 px, samples every 10 steps.")
@@ -592,20 +655,23 @@ def build_tab() -> None:
                 sampler_steps = gr.Slider(4, 50, value=DEFAULTS["sampler_steps"], step=1, label="Sampler steps")
                 render_resolution = gr.Slider(32, 256, value=DEFAULTS["render_resolution"], step=32, label="Reward render resolution (px)")
                 sample_every = gr.Slider(0, 50, value=DEFAULTS["sample_every"], step=1, label="Samples every N steps (0 = off)")
-            knob_inputs, groups, scaled = [], [], []
+            knob_inputs, knob_params, groups, scaled = [], [], [], []
             for name, knobs in method_knobs().items():
-                with gr.Accordion(f"{title(name)} settings", open=True, visible=(name == DEFAULTS["method"])) as box:
+                with gr.Accordion(f"{title(name)} settings", open=False, visible=(name == DEFAULTS["method"])) as box:
                     doc = (METHODS[name].config.__doc__ or "").strip()
                     if doc:
                         gr.Markdown(doc.splitlines()[0])
                     for knob in knobs:
-                        knob_inputs.append(_knob_component(knob, reward.value))
+                        component = _knob_component(knob, reward.value)
+                        if param(knob) in demo and name == DEFAULTS["method"]:
+                            component.value = readable(demo[param(knob)]) if isinstance(component, gr.Textbox) else demo[param(knob)]
+                        knob_inputs.append(component)
+                        knob_params.append(param(knob))
+                        if isinstance(component, gr.Textbox) and knob.type is float:
+                            _READABLE.add(param(knob))
                         if knob.meta.per_reward_range is not None:
-                            scaled.append(knob_inputs[-1])
+                            scaled.append(component)
                 groups.append(box)
-            with gr.Row():
-                start = gr.Button("Start", variant="primary")
-            server = gr.Markdown(server_status())
         with gr.Column(scale=2):
             with gr.Row():
                 run = gr.Textbox(label="Run shown", max_lines=1, scale=4, elem_id="finetune-run",
@@ -615,59 +681,42 @@ def build_tab() -> None:
                 resume = gr.Button("Resume", scale=1, min_width=80)
                 more = gr.Number(label="Total steps (resume)", precision=0, scale=1, min_width=120,
                                  info="empty: the run's own; more trains a finished run longer")
-            status = gr.Markdown("Choose the settings and press Start. A run trains on the server: close or reload "
-                                 "the page and it goes on; any page can follow, stop or resume it.")
-            plot = gr.Plot(label="Reward per step")
-            # an explicit height: gradio's <img> loads lazily and has no size of its own until it has loaded, so
-            # while it was out of view (Start sits far below it when a method has many knobs) its frame was 0 px
+            status = gr.Markdown("Choose a preset (or your settings) and press Start. A run trains on the server: close or "
+                                 "reload the page and it goes on; any page can follow, stop or resume it.",
+                                 elem_id="finetune-status")
+            plot = gr.Plot(label="Training reward and held-out change", elem_id="finetune-plot")
+            smoothing = gr.Slider(0, 0.95, value=SMOOTHING, step=0.05, label="Smoothing of the training curve (EMA)",
+                                  info="0: the points themselves; 0.9: about the last 10 steps")
+            # an explicit height: gradio's <img> loads lazily and has no size of its own until it has loaded
             samples = gr.Image(label="Fixed prompts, seeds 0-3: before (left) vs now (right), RGB over normals",
                                type="filepath", height=SAMPLES_HEIGHT)
             table = gr.Dataframe(label="Metrics per step", interactive=False, wrap=False, max_height=300)
             zipped = gr.File(label="Adapter (.zip): upload it elsewhere, or load with engine.models.lora", interactive=False)
-            with gr.Accordion("Runs on this server", open=False):
-                runs = gr.Dataframe(jobs_table(), label="Runs (newest first): pick one to show it", interactive=False,
-                                    wrap=False, max_height=300)
-                refresh = gr.Button("Refresh the list", size="sm")
-            with gr.Accordion("The run shown: its files, delete it; start from a config", open=False):
-                config_file = gr.File(label="config.json, metrics.csv and eval.csv of the run shown", interactive=False,
-                                      file_count="multiple")
-                with gr.Row():
-                    sure = gr.Checkbox(label="delete it for good", value=False)
-                    delete = gr.Button("Delete the run shown", variant="stop", size="sm")
-                upload = gr.File(label="A run's config.json to start a new run with its settings", file_types=[".json"])
-                from_config = gr.Button("Start from this config")
+            runs_list = RunsList()
             follow_api = gr.Button(visible=False)  # the /follow endpoint: streams a run's view to an API client
+    FORM_FIELDS[:] = [*FIXED_PARAMS, *knob_params]
     inputs = [method, reward, steps, prompt_source, prompts, seed, lr, batch_size, sampler_steps, render_resolution,
-              sample_every, *knob_inputs]
+              sample_every, eval_every, eval_seeds, heldout_box, *knob_inputs]
     views = [status, plot, samples, table, zipped]
+    shown = (_show, [run, smoothing], [*views, run, server])
+    preset.change(on_preset, preset, inputs, queue=False, api_visibility="private").then(
+        on_method_change, [method, batch_size], [*groups, batch_size], queue=False, api_visibility="private").then(
+        on_prompt_source, prompt_source, prompts, queue=False, api_visibility="private")
     method.change(on_method_change, [method, batch_size], [*groups, batch_size], queue=False, api_visibility="private")
     if scaled:
-        reward.change(_on_reward_change_page, reward, scaled, queue=False, api_visibility="private")
+        reward.input(_on_reward_change_page, reward, scaled, queue=False, api_visibility="private")
     prompt_source.change(on_prompt_source, prompt_source, prompts, queue=False, api_visibility="private")
-    start.click(start_finetune, inputs, run, api_name="finetune").then(
-        _show, [run], [*views, run, server], api_visibility="private")
+    start.click(start_finetune, inputs, run, api_name="finetune").then(*shown, api_visibility="private")
     stop.click(stop_run, run, status, api_name="stop")
-    resume.click(resume_run, [run, more], run, api_name="resume").then(
-        _show, [run], [*views, run, server], api_visibility="private")
-    refresh.click(jobs_table, None, runs, api_name="jobs")
-    runs.select(_picked, runs, run, api_visibility="private").then(_show, [run], [*views, run, server],
-                                                                  api_visibility="private")
+    resume.click(resume_run, [run, more], run, api_name="resume").then(*shown, api_visibility="private")
+    runs_list.wire(run, status, shown)
     follow_api.click(follow, run, views, api_name="follow")
-    run.change(files_of, run, config_file, api_visibility="private", show_progress="hidden")
-    delete.click(delete_run, [run, sure], status, api_name="delete").then(
-        lambda: (None, False, jobs_table()), None, [run, sure, runs], api_visibility="private")
-    from_config.click(start_from_config, upload, run, api_name="finetune_config").then(
-        _show, [run], [*views, run, server], api_visibility="private")
+    runs_list.from_config.click(start_from_config, runs_list.upload, run, api_name="finetune_config").then(
+        *shown, api_visibility="private")
+    smoothing.change(*shown, api_visibility="private", show_progress="hidden")
     # the page follows its run from the server's state: a reloaded page or another browser sees the same job
     timer = gr.Timer(2)
-    timer.tick(_tick, [run], [*views, run, server], api_visibility="private", show_progress="hidden")
-    slow = gr.Timer(10)
-    slow.tick(jobs_table, None, runs, api_visibility="private", show_progress="hidden")
-
-
-def _picked(frame: pd.DataFrame, event: gr.SelectData):
-    row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
-    return str(frame.iloc[row]["run"]) if 0 <= row < len(frame) else gr.skip()
+    timer.tick(_tick, [run, smoothing], [*views, run, server], api_visibility="private", show_progress="hidden")
 
 
 def _attach(run: str | None) -> str | None:
@@ -678,13 +727,13 @@ def _attach(run: str | None) -> str | None:
     return job.name if job else None
 
 
-def _show(run: str | None, request: gr.Request = None):
+def _show(run: str | None, smoothing: float = SMOOTHING, request: gr.Request = None):
     """The page's views of its run, now (or of the server's current run when the page has none)."""
     name = _attach((run or "").strip())
     if not name:
         return (*[gr.skip()] * 5, gr.skip(), server_status())
     try:
-        views = run_view(name, session_dir(request, "finetune"))
+        views = run_view(name, session_dir(request, "finetune"), smoothing)
     except ValueError as err:
         views = (str(err), gr.skip(), gr.skip(), gr.skip(), gr.skip())
     return (*views, name, server_status())
@@ -693,7 +742,7 @@ def _show(run: str | None, request: gr.Request = None):
 _LAST: dict[tuple, tuple] = {}  # (session, run) -> what the page was last sent (a tick that changes nothing sends nothing)
 
 
-def _tick(run: str | None, request: gr.Request = None):
+def _tick(run: str | None, smoothing: float = SMOOTHING, request: gr.Request = None):
     name = _attach((run or "").strip())
     if not name:
         return (*[gr.skip()] * 6, server_status())
@@ -701,9 +750,9 @@ def _tick(run: str | None, request: gr.Request = None):
     rf = RunFolder(catalogue().runs_dir / name)
     job = QUEUE.get(name)
     stamp = (job.state if job else None, job.step if job else None,
-             rf.metrics_file.stat().st_mtime if rf.metrics_file.exists() else None,
-             len(list(rf.samples.glob("*.png"))) if rf.samples.is_dir() else 0)
+             *(f.stat().st_mtime if f.exists() else None for f in (rf.metrics_file, rf.eval_file)),
+             len(list(rf.samples.glob("*.png"))) if rf.samples.is_dir() else 0, smoothing)
     if _LAST.get(key) == stamp and run:
         return (*[gr.skip()] * 6, server_status())
     _LAST[key] = stamp
-    return _show(name, request)
+    return _show(name, smoothing, request)

@@ -21,6 +21,7 @@ from engine.align.config import RunConfig
 from engine.align.run_folder import RunFolder
 from engine.align.trainer import Trainer, TrainingError
 from engine.core.io import atomic_write_json
+from engine.generate import load_model
 
 from .jobs import LIVE, Job, JobQueue
 
@@ -44,6 +45,7 @@ class Finetunes:
         if job.stopping:  # stopped while it loaded
             trainer.request_stop()
         job.step, job.state = trainer.step, ("stopping" if job.stopping else "running")
+        job.info["from_step"] = trainer.step  # where this job began (a resumed run: its checkpoint's step)
         job.started = job.started or time.time()
         write_status(folder, job)
         try:
@@ -64,14 +66,15 @@ def write_status(folder: RunFolder, job: Job) -> None:
     cfg = job.info["config"]
     atomic_write_json(folder.status_file, {
         "state": job.state, "reason": job.reason, "steps": job.step, "planned_steps": cfg.steps, "method": cfg.method,
-        "reward": cfg.reward, "submitted": job.submitted, "started": job.started, "ended": job.ended, "pid": os.getpid()})
+        "reward": cfg.reward, "submitted": job.submitted, "started": job.started, "ended": job.ended,
+        "from_step": job.info.get("from_step"), "pid": os.getpid()})
 
 
 def job_status(job: Job) -> dict:
     cfg = job.info["config"]
     return {"state": job.state, "reason": job.reason, "steps": job.step, "planned_steps": cfg.steps,
             "method": cfg.method, "reward": cfg.reward, "submitted": job.submitted, "started": job.started,
-            "ended": job.ended}
+            "ended": job.ended, "from_step": job.info.get("from_step")}
 
 
 def read_status(folder: str | Path, queue: JobQueue | None = None) -> dict:
@@ -88,3 +91,7 @@ def read_status(folder: str | Path, queue: JobQueue | None = None) -> dict:
     if status.get("state") in LIVE:
         status = {**status, "state": "killed", "reason": "the server stopped while it trained; resume it"}
     return status
+
+
+FINETUNES = Finetunes(lambda: load_model("tiny"))  # the server's one line; its own fresh base per run (the shared Pool keeps serving)
+QUEUE = FINETUNES.queue

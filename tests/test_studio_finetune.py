@@ -4,6 +4,7 @@ a 2-step run saves a loadable adapter (listed for Generate at once); runs queue 
 
 import inspect
 import json
+import re
 import time
 import types
 import zipfile
@@ -13,8 +14,8 @@ import pytest
 
 pytest.importorskip("gradio")
 
-# tiny runs: each step is a few seconds on a CPU
-TINY = dict(reward="geometry", batch_size=1, sampler_steps=4, render_resolution=32)
+# tiny runs: each step is a few seconds on a CPU (no held-out check unless a test asks for one)
+TINY = dict(reward="geometry", batch_size=1, sampler_steps=4, render_resolution=32, eval_every=0)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,7 @@ def test_two_step_finetune_runs_on_the_server_and_saves_a_loadable_adapter(studi
     assert len(updates) >= 2
     rows = _rows(table)
     assert [r["step"] for r in rows] == [1, 2] and all("reward_mean" in r and "loss" in r for r in rows)
-    assert "Run finished" in status and f"run: {name}" in status
+    assert "Run finished" in status and "The adapter is in the Generate and Compare lists as **Yours · Nabla-R2D3 on geometry, step 2" in status
 
     run = studio.runs / name
     assert json.loads((run / "config.json").read_text())["nabla"]["beta"] == 1000  # the knob reached the config
@@ -185,13 +186,14 @@ def test_nabla_beta_follows_the_reward_scale():
     beta = {finetune.param(k): k for ks in finetune.method_knobs().values() for k in ks}["nabla_beta"]
     assert finetune.reward_default(beta, "colorfulness") == 2.73e5 and finetune.reward_default(beta, "geometry") == 3e7
     assert finetune.reward_default(beta, "alignment") == 5e7 and finetune.reward_default(beta, "no-such") is None
-    assert finetune.on_reward_change("colorfulness")[0]["value"] == 2.73e5
+    assert finetune.on_reward_change("colorfulness")[0]["value"] == "2.73e5"  # readable notation, not 273000
     assert "value" not in finetune.on_reward_change("no-such")[0]  # a reward typed in: the value is kept
     bound = inspect.signature(finetune.start_finetune).bind(method="nabla-r2d3", reward="colorfulness")
     bound.apply_defaults()
     values = dict(bound.arguments)
     assert finetune.build_config(values, None).nabla.beta == 2.73e5  # an API call without nabla_beta
     assert finetune.build_config({**values, "nabla_beta": 10.0}, None).nabla.beta == 10.0
+    assert finetune.build_config({**values, "nabla_beta": "5e7"}, None).nabla.beta == 5e7  # the page's text box
 
 
 def test_the_users_own_prompt_list_is_kept_beside_the_runs_for_resume(studio):
@@ -226,3 +228,89 @@ def test_a_run_starts_from_an_uploaded_config_and_a_bad_one_is_refused_with_the_
         (tmp_path / "bad.json").write_text(json.dumps(data))
         with pytest.raises(Exception, match=message):
             studio.client.predict(handle_file(str(tmp_path / "bad.json")), api_name="/finetune_config")
+
+
+def test_held_out_checks_are_written_during_a_studio_finetune_and_not_counted_as_step_time(studio, monkeypatch):
+    """eval_every through the API: eval.csv gets the base's row (step 0) and one per check, with the paired change
+    and its standard error; the status states the change with its 95% interval; a check's time is not step time."""
+    from engine.align.evaluate import RunEvaluator
+
+    slow, pause = RunEvaluator.evaluate, 1.5
+
+    def evaluate(self):  # each check takes 1.5 s longer: the step times must not grow by it
+        time.sleep(pause)
+        return slow(self)
+
+    monkeypatch.setattr(RunEvaluator, "evaluate", evaluate)
+    t0 = time.perf_counter()
+    name = studio.client.predict(method="refl", steps=2, sample_every=0, **{**TINY, "eval_every": 1}, eval_seeds=1,
+                                 prompt_source="my own list", prompts="a red chair\na green dumbbell",
+                                 heldout_prompts="a black chair\na purple dumbbell", api_name="/finetune")
+    status = studio.client.predict(name, api_name="/follow")[0]  # the last update: the run has ended
+    seconds = time.perf_counter() - t0
+    import csv
+
+    rows = list(csv.DictReader((studio.runs / name / "eval.csv").open()))
+    assert [(r["step"], r["label"]) for r in rows] == [("0", "base"), ("1", "run"), ("2", "run")]
+    assert float(rows[0]["delta/reward/geometry"]) == 0 and all(r["delta_se/reward/geometry"] for r in rows)
+    assert float(rows[0]["assets"]) == 2  # 2 held-out prompts x 1 seed
+    config = json.loads((studio.runs / name / "config.json").read_text())
+    assert Path(config["eval_prompts"]).read_text().split("\n")[:2] == ["a black chair", "a purple dumbbell"]
+    wall = float((studio.runs / name / "metrics.csv").read_text().splitlines()[-1].split(",")[1])
+    assert wall < seconds - 2 * pause  # wall_seconds: the train steps alone
+    assert re.search(r"Held-out geometry at step 2 \(2 prompts × 1 seeds not trained on\): [+-][\d.e+-]+ vs the base, "
+                     r"95% interval \[[+-][\d.e+-]+, [+-][\d.e+-]+\]: \*\*(a gain|no measurable change|a measurable drop)", status), status
+    assert "held-out" in _jobs(studio.client)[name] and _jobs(studio.client)[name]["held-out"]
+
+
+def test_held_out_prompts_must_not_be_training_prompts(studio):
+    with pytest.raises(Exception, match="'a red chair' is also a training prompt"):
+        studio.client.predict(**{**TINY, "eval_every": 2}, steps=2, prompt_source="my own list", prompts="a red chair",
+                              heldout_prompts="a blue flower\na red chair", api_name="/finetune")
+    with pytest.raises(Exception, match="held-out prompt list is empty"):
+        studio.client.predict(**{**TINY, "eval_every": 2}, steps=2, heldout_prompts=" ", api_name="/finetune")
+
+
+@pytest.mark.parametrize("delta, se, words", [
+    (0.05, 0.01, "**a gain**"), (0.01, 0.02, "**no measurable change (the interval holds 0)**"),
+    (-0.05, 0.01, "**a measurable drop**"), (0.05, float("nan"), "no interval (one prompt)"),
+])
+def test_the_held_out_sentence_calls_a_gain_only_when_the_interval_excludes_zero(delta, se, words):
+    import pandas as pd
+
+    from app import heldout
+
+    frame = pd.DataFrame([{"step": 0, "label": "base", "reward/alignment": 0.5, "delta/reward/alignment": 0.0,
+                           "delta_se/reward/alignment": 0.0},
+                          {"step": 10, "label": "run", "reward/alignment": 0.5 + delta, "delta/reward/alignment": delta,
+                           "delta_se/reward/alignment": se}])
+    text = heldout.summary("alignment", frame, 4, 2)
+    assert text.startswith("Held-out alignment at step 10 (4 prompts × 2 seeds not trained on): ") and words in text, text
+    if se == se:
+        low, high = delta - 1.96 * se, delta + 1.96 * se
+        assert f"95% interval [{heldout._num(low)}, {heldout._num(high)}]" in text
+    assert heldout.summary("alignment", frame.head(1)) == ""  # only the base: nothing to say yet
+
+
+def test_presets_fill_the_form_and_the_default_is_the_demo(monkeypatch):
+    from app import finetune, presets
+
+    assert list(presets.PRESETS)[0] == presets.DEMO == "Demo: Nabla-R2D3 on alignment (~3 min)"
+    params = inspect.signature(finetune.start_finetune).parameters
+    demo = presets.PRESETS[presets.DEMO]
+    for key in ("method", "reward", "steps", "lr", "batch_size", "sampler_steps", "eval_every", "prompts", "heldout_prompts"):
+        assert params[key].default == demo[key], key  # an API call without settings runs the demo
+    assert params["method"].default == "nabla-r2d3"
+    monkeypatch.setattr(finetune, "FORM_FIELDS", [*finetune.FIXED_PARAMS, "nabla_beta", "draft_k"])
+    monkeypatch.setattr(finetune, "_READABLE", {"nabla_beta"})
+    for name, values in presets.PRESETS.items():
+        updates = dict(zip(finetune.FORM_FIELDS, finetune.on_preset(name)))
+        for key in finetune.FIXED_PARAMS:
+            assert updates[key]["value"] == values[key], (name, key)
+        assert "value" not in updates["draft_k"]  # a field the preset does not name is left as it is
+        cfg = finetune.build_config({k: u.get("value") for k, u in updates.items()}, None)  # a valid run
+        assert (cfg.method, cfg.reward, cfg.steps) == (values["method"], values["reward"], values["steps"])
+    assert dict(zip(finetune.FORM_FIELDS, finetune.on_preset(presets.DEMO)))["nabla_beta"]["value"] == finetune.readable(demo["nabla_beta"])
+    with pytest.raises(ValueError, match="Preset 'x': choose one of"):
+        finetune.preset_values("x")
+    assert finetune.readable(5e7) == "5e7" and finetune.readable(2.73e5) == "2.73e5" and finetune.readable(1e-3) == "0.001"
