@@ -14,13 +14,16 @@ import time
 from pathlib import Path
 
 import gradio as gr
+import imageio.v3 as iio
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
 from engine.core.cameras import evaluation_views
-from engine.generate import generate, write_asset
+from engine.generate import generate, model_views, visible, write_asset
+from engine.preview import view_strips
 from engine.prompts import prompt_notice, validate_prompt
 from engine.render import render
 from engine.rewards import (
@@ -152,7 +155,26 @@ def curve_figures(entries: list[Entry]) -> tuple[go.Figure, go.Figure]:
                                          title=f"Reward during training vs {X_AXES[x]}"))
         else:
             figures.append(_panels(groups, x))
-    return figures[0], figures[1]
+    return legible(figures[0]), legible(figures[1])
+
+
+LEGEND_ROW = 24  # px per legend row above the plot
+
+
+def legible(fig: go.Figure) -> go.Figure:
+    """The legend as a horizontal row above the plot (under the title), so it never covers an axis title;
+    the top margin grows with the number of legend rows (about 3 names of 30 characters per row)."""
+    names = [t.name for t in fig.data if t.showlegend is not False and t.name]
+    rows = max(1, math.ceil(sum(min(len(n), 40) + 6 for n in names) / 110))
+    # a panel title (make_subplots' annotation) sits right above the first plot: the legend goes above it
+    lift = 24 if any(a.yref == "paper" and (a.y or 0) >= 0.99 for a in fig.layout.annotations) else 0
+    top = 60 + LEGEND_ROW * rows + lift
+    height = (fig.layout.height or 360) + LEGEND_ROW * (rows - 1) + lift
+    bottom = fig.layout.margin.b if fig.layout.margin.b is not None else 40
+    plot_height = max(height - top - bottom, 50)
+    fig.update_layout(legend={"orientation": "h", "yanchor": "bottom", "y": 1 + lift / plot_height, "x": 0, "xanchor": "left"},
+                      title={"y": 1 - 10 / height, "yanchor": "top"}, margin={"t": top}, height=height)
+    return fig
 
 
 def _panels(groups: dict[str, list[tuple[str, pd.DataFrame, bool]]], x: str) -> go.Figure:
@@ -173,6 +195,13 @@ def _panels(groups: dict[str, list[tuple[str, pd.DataFrame, bool]]], x: str) -> 
 
 # ------------------------------------------------------------------------------------------ evaluation
 
+MEASURES = {"reward/geometry": "Δ geometry", "reward/alignment": "Δ alignment reward",
+            "reward/colorfulness": "Δ colorfulness", "alignment": "Δ alignment (cosine)"}
+TRAINED = {"geometry": ("reward/geometry",), "alignment": ("reward/alignment", "alignment"),
+           "colorfulness": ("reward/colorfulness",)}  # a reward -> the measures it trains for
+Z = 1.96  # the shown interval: Δ ± 1.96·SE, about 95 % over prompts
+
+
 def read_eval(run: Path | None) -> pd.DataFrame:
     path = Path(run) / "eval.csv" if run else None
     if path is None or not path.is_file() or path.stat().st_size == 0:
@@ -188,41 +217,138 @@ def _fmt(value) -> str:
     return MISSING if math.isnan(value) else f"{value:.4g}"
 
 
-def _held_out(row: pd.Series, reward: str) -> str:
-    """The run's own reward on the held-out prompts; an ensemble shows each of its terms."""
+def _float(value) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def trained_measures(reward: str) -> set[str]:
+    """The measures a run on ``reward`` (one reward or an ensemble) was trained for."""
     try:
         names = [n for n, _ in parse_ensemble(reward)]
     except ValueError:
-        return MISSING
-    values = {n: _fmt(row.get(f"reward/{n}")) for n in names}
-    if len(names) == 1:
-        return values[names[0]]
-    return MISSING if all(v == MISSING for v in values.values()) else ", ".join(f"{n} {v}" for n, v in values.items())
+        return set()
+    return {m for n in names for m in TRAINED.get(n, (f"reward/{n}",))}
 
 
-def eval_table(entries: list[Entry]) -> pd.DataFrame:
-    """Per adapter: its run's eval.csv base row and last run row; "—" where there is none (a run without
-    evaluation, a run still going, an upload without a run folder)."""
-    rows = []
-    for e in entries:
-        if e.adapter is None:
-            continue  # the base's numbers are each run's base row (same prompts and seeds as the run's)
-        reward = _reward_of(e) if e.run else str(e.info.get("reward") or MISSING)
-        frame = read_eval(e.run)
-        if frame.empty or "label" not in frame:
-            why = "no run folder" if e.run is None else "no eval.csv yet"
-            rows.append({"model": e.label, "row": why, "reward": reward, "held-out reward": MISSING,
-                         **{title: MISSING for title in EVAL_COLUMNS.values()}})
+def _deltas(row, base=None) -> dict[str, tuple[float, float | None]]:
+    """measure -> (Δ, SE) from a row with delta/ columns; else (run - base, None) from a base row."""
+    out = {}
+    for m in MEASURES:
+        d, se = _float(row.get(f"delta/{m}")), _float(row.get(f"delta_se/{m}"))
+        if d is None and base is not None and _float(row.get(m)) is not None and _float(base.get(m)) is not None:
+            d, se = _float(row.get(m)) - _float(base.get(m)), None
+        if d is not None:
+            out[m] = (d, se)
+    return out
+
+
+def evaluation_of(entry: Entry) -> dict:
+    """What is known of ``entry``'s held-out change from the base: {"source", "deltas", "metrics"}; the studio's
+    own evaluation (Evaluate) first, else the run's eval.csv (its last run row; a file without delta columns
+    gives the plain difference from its base row, without an interval)."""
+    from .evaluations import describe_settings, read_result, settings
+
+    s = settings()
+    found = read_result(entry, s)
+    if found is not None:
+        return {"source": f"Evaluate: {describe_settings(s)}", "deltas": _deltas(found["run"]), "metrics": found["run"]}
+    frame = read_eval(entry.run)
+    if frame.empty or "label" not in frame:
+        why = "no run folder; press Evaluate" if entry.run is None else "not evaluated: press Evaluate"
+        return {"source": why, "deltas": {}, "metrics": {}}
+    runs = frame[frame["label"] == "run"].sort_values("step", kind="stable")
+    bases = frame[frame["label"] == "base"]
+    if runs.empty:
+        return {"source": "eval.csv has no run row yet; press Evaluate", "deltas": {}, "metrics": {}}
+    row = runs.iloc[-1]
+    base = bases.iloc[-1] if not bases.empty else None
+    deltas = _deltas(row, base)
+    where = f"eval.csv, step {int(row['step'])}"
+    if deltas and all(se is None for _, se in deltas.values()):
+        where += " (no interval: press Evaluate for one)"
+    elif not deltas:
+        where += " (no base row: press Evaluate)"
+    return {"source": where, "deltas": deltas, "metrics": row.to_dict()}
+
+
+def _cell(d: float, se: float | None) -> str:
+    return f"{d:+.3g}" if se is None else f"{d:+.3g} ± {Z * se:.2g}"
+
+
+def best_of(column: dict[str, tuple[float, float | None]]) -> tuple[str, list[str]]:
+    """Who won one measure: ("best", [name]) when the top Δ's interval clears the runner-up's, ("tie", names whose
+    intervals reach the top's), ("unknown", [top, runner-up]) when either has no interval, ("", []) with < 2."""
+    ranked = sorted(column.items(), key=lambda kv: kv[1][0], reverse=True)
+    if len(ranked) < 2:
+        return "", []
+    (top, (d1, se1)), (runner, (d2, se2)) = ranked[0], ranked[1]
+    if se1 is None or se2 is None:
+        return "unknown", [top, runner]
+    low = d1 - Z * se1
+    if low > d2 + Z * se2:
+        return "best", [top]
+    return "tie", [name for name, (d, se) in ranked if se is not None and d + Z * se >= low]
+
+
+def forgetting(name: str, reward: str, deltas: dict[str, tuple[float, float | None]]) -> list[str]:
+    """Warnings for measures ``name`` was not trained for and lost: the whole interval below 0 (or, without an
+    interval, a plain drop, flagged as possible)."""
+    trained, out = trained_measures(reward), []
+    for m, (d, se) in deltas.items():
+        if m in trained or d >= 0:
             continue
-        # the trainer writes the base row only with eval_every (at step 0), the run rows every eval_every / at the end
-        for label in ("base", "run"):
-            found = frame[frame["label"] == label].sort_values("step", kind="stable")
-            row = found.iloc[-1] if not found.empty else pd.Series(dtype=object)
-            name = "base" if label == "base" else (f"step {int(row['step'])}" if not found.empty else "last step")
-            rows.append({"model": e.label, "row": name, "reward": reward, "held-out reward": _held_out(row, reward),
-                         **{title: _fmt(row.get(key)) for key, title in EVAL_COLUMNS.items()}})
-    columns = ["model", "row", "reward", "held-out reward", *EVAL_COLUMNS.values()]
-    return pd.DataFrame(rows, columns=columns)
+        what = MEASURES[m].removeprefix("Δ ")
+        if se is not None and d + Z * se < 0:
+            out.append(f"⚠️ **Forgetting**: {name} (trained on {reward}) lost {what}: Δ {_cell(d, se)}, the whole interval below 0.")
+        elif se is None:
+            out.append(f"⚠️ Possible forgetting: {name} (trained on {reward}) dropped {what} by {d:.3g} (no interval; "
+                       f"press Evaluate to know).")
+    return out
+
+
+def eval_table(entries: list[Entry]) -> tuple[pd.DataFrame, str]:
+    """The held-out change of each chosen LoRA from the base, Δ ± 1.96·SE per measure (the base row is 0 by
+    definition), the best cell of each column marked ★ where its interval clears the runner-up's ("tie"
+    otherwise), then prior preservation; and a verdict in words with the forgetting warnings."""
+    adapters = [e for e in entries if e.adapter is not None]
+    if not adapters:
+        return pd.DataFrame(columns=["model"]), ""
+    known = {e.label: (e, (_reward_of(e) if e.run else str(e.info.get("reward") or MISSING)), evaluation_of(e)) for e in adapters}
+    columns = {m: {"base": (0.0, 0.0)} | {label: ev["deltas"][m] for label, (_, _, ev) in known.items() if m in ev["deltas"]}
+               for m in MEASURES}
+    verdicts, lines = {m: best_of(col) for m, col in columns.items()}, []
+    rows = [{"model": "base", "trained on": MISSING, "evaluated": "the reference (Δ = 0)",
+             **{title: _mark("0", *verdicts[m], "base") for m, title in MEASURES.items()},
+             **{title: MISSING for title in EVAL_COLUMNS.values() if title != "alignment"}}]
+    for label, (e, reward, ev) in known.items():
+        cells = {title: _mark(_cell(*ev["deltas"][m]), *verdicts[m], label) if m in ev["deltas"] else MISSING
+                 for m, title in MEASURES.items()}
+        rows.append({"model": label, "trained on": reward, "evaluated": ev["source"], **cells,
+                     **{title: _fmt(ev["metrics"].get(key)) for key, title in EVAL_COLUMNS.items() if key != "alignment"}})
+        lines += forgetting(label, reward, ev["deltas"])
+    for m, (kind, names) in verdicts.items():
+        what = MEASURES[m].removeprefix("Δ ")
+        if kind == "best":
+            lines.insert(0, f"★ **{what}**: {names[0]} won, its interval clear of the runner-up's.")
+        elif kind == "tie":
+            lines.insert(0, f"**{what}**: a tie between {', '.join(names)} (intervals overlap).")
+        elif kind == "unknown":
+            lines.insert(0, f"**{what}**: {names[0]} leads {names[1]}, but without an interval for both it is not a verdict.")
+    head = ("Held-out change from the base: Δ ± 1.96·SE over prompts (paired: same prompts, seeds and noise; higher is "
+            "better). ★ marks a column's winner when its interval clears the runner-up's.")
+    return pd.DataFrame(rows), "\n\n".join([head, *lines])
+
+
+def _mark(text: str, kind: str, names: list[str], me: str) -> str:
+    if me in names and kind == "best":
+        return f"★ {text}"
+    if me in names and kind == "tie":
+        return f"{text} (tie)"
+    return text
 
 
 # ------------------------------------------------------------------------------------------ the handler
@@ -239,6 +365,41 @@ def _entries(models) -> list[Entry]:
         raise refusal(str(err)) from err
 
 
+def evaluation_state(models) -> tuple[str, pd.DataFrame, str]:
+    """Each chosen LoRA's evaluation state (in line, running, failed, done), the Δ table and its verdict."""
+    from .evaluations import status_line
+
+    entries = _entries(models)
+    lines = [status_line(e) for e in entries if e.adapter is not None]
+    table, verdict = eval_table(entries)
+    return "\n".join(f"- {line}" for line in lines) or "Choose a LoRA to evaluate.", table, verdict
+
+
+def evaluate_models(models):
+    """*Evaluate*: queues the held-out evaluation of each chosen LoRA as a server job (one at a time; a LoRA whose
+    stored evaluation is of its adapter as it is now is not evaluated again), then streams their state, the Δ
+    table and the verdict every second until they end. Closing the page does not stop them."""
+    from .evaluations import EVALUATIONS
+
+    entries = _entries(models)
+    adapters = [e for e in entries if e.adapter is not None]
+    if not adapters:
+        raise refusal("Choose a LoRA to evaluate: the base is what every LoRA is measured against.")
+    try:
+        jobs = [job for e in adapters if (job := EVALUATIONS.submit(e)) is not None]
+    except (OSError, ValueError) as err:
+        raise refusal(f"Could not start the evaluation: {err}") from err
+    while True:
+        live = [j for j in jobs if j.live]
+        yield evaluation_state(models)
+        if not live:
+            break
+        time.sleep(1.0)
+    for job in jobs:
+        if job.state == "failed":
+            gr.Warning(f"{job.info['entry'].label}: evaluation failed: {job.reason}")
+
+
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-.")[:48] or "model"
 
@@ -246,8 +407,8 @@ def _slug(label: str) -> str:
 def run_compare(prompt, seed, steps, models, frames=24, request: gr.Request = None, progress=gr.Progress()):
     """Yields the outputs after each model (slots fill in as they are done); the last yield has them all.
 
-    Outputs, in order: 4 x (column, title, turntable mp4, 4-view PNG), the scores table, the PLYs, the
-    curves vs step, vs wall time, the evaluation table, a summary."""
+    Outputs, in order: 4 x (column, title, turntable mp4, 4 views as a 2 x 2 PNG), the scores table, the PLYs,
+    the curves vs step, vs wall time, the evaluation table, its verdict, a summary."""
     try:
         prompt = validate_prompt(prompt)
     except ValueError as err:
@@ -262,7 +423,7 @@ def run_compare(prompt, seed, steps, models, frames=24, request: gr.Request = No
     rewards = score_rewards()
     out_dir = session_dir(request, "compare")
     curves_step, curves_wall = curve_figures(entries)
-    evaluation = eval_table(entries)  # read now: the files only grow, and both are cheap
+    evaluation, verdict = eval_table(entries)  # read now: cheap (a few small files)
     slots: list[tuple[str, str, str] | None] = [None] * MAX_MODELS
     scores, plys, seconds, guidance = [], [], [], None
     t0 = time.perf_counter()
@@ -276,7 +437,7 @@ def run_compare(prompt, seed, steps, models, frames=24, request: gr.Request = No
             values += [gr.update(visible=shown), title, video, views]
         table = pd.DataFrame(scores, columns=["model", *rewards, "sampling s"])
         summary = _summary(prompt, seed, steps, guidance, entries[:len(scores)], seconds, rewards, time.perf_counter() - t0, final)
-        return [*values, table, list(plys), curves_step, curves_wall, evaluation, summary]
+        return [*values, table, list(plys), curves_step, curves_wall, evaluation, verdict, summary]
 
     for i, entry in enumerate(entries):
         def on_step(k, total, i=i, entry=entry):
@@ -299,11 +460,83 @@ def run_compare(prompt, seed, steps, models, frames=24, request: gr.Request = No
         progress((i + 0.9) / n, desc=f"{entry.label}: scoring")
         row = score_asset(g, prompt, rewards)
         ply = files["ply"].rename(out_dir / f"{i + 1}-{_slug(entry.label)}.ply")
-        slots[i] = (describe(entry), str(files["turntable"]), str(files["views"]))
+        slots[i] = (describe(entry), str(files["turntable"]), str(grid_2x2(files["views"])))
         scores.append({"model": entry.label, **{k: round(v, 4) for k, v in row.items()}, "sampling s": round(result.seconds, 2)})
         plys.append(str(ply))
         seconds.append(result.seconds)
         yield outputs(final=i == n - 1)
+
+
+def grid_2x2(strip: Path) -> Path:
+    """The 4-view strip (4 square views in a row) as a 2 x 2 grid beside it: twice as large in a quarter-width
+    column."""
+    image = iio.imread(strip)
+    h = image.shape[0]
+    views = [image[:, k * h:(k + 1) * h] for k in range(4)]
+    out = Path(strip).with_name("views_2x2.png")
+    iio.imwrite(out, np.concatenate([np.concatenate(views[:2], 1), np.concatenate(views[2:], 1)], 0))
+    return out
+
+
+def _adapters(models) -> list[str]:
+    return [label for label in _as_list(models) if label != BASE]
+
+
+def scale_choices(models):
+    """The α slider's adapter list follows the chosen models (the LoRAs among them)."""
+    labels = _adapters(models)
+    return gr.update(choices=labels, value=labels[0] if labels else None)
+
+
+def run_scale(prompt, seed, steps, model, alpha, request: gr.Request = None, progress=gr.Progress()):
+    """``model``'s adapter at scale α (0: the base, 1: the adapter as trained) on the prompt and seed: its 4 views
+    (2 x 2) and every offline reward on the evaluation views. The shared base's adapter is set back to 1 after."""
+    from engine.models import lora
+
+    try:
+        prompt = validate_prompt(prompt)
+    except ValueError as err:
+        raise refusal(str(err)) from err
+    if not model:
+        raise refusal("Choose a LoRA for the scale slider (pick one among the models to compare).")
+    if isinstance(model, (list, tuple)):
+        model = model[0] if model else None
+    try:
+        entry = catalogue().get(str(model))
+    except ValueError as err:
+        raise refusal(str(err)) from err
+    if entry.adapter is None:
+        raise refusal("The base has no LoRA to scale; choose a LoRA.")
+    try:
+        seed, steps, alpha = int(seed), int(steps), float(alpha)
+    except (TypeError, ValueError) as err:
+        raise refusal(f"Seed, steps and α must be numbers ({err}).") from err
+    if seed < 0 or not 1 <= steps <= 200 or not 0.0 <= alpha <= 1.0:
+        raise refusal(f"seed {seed}, steps {steps}, α {alpha:g}: need seed >= 0, 1 <= steps <= 200, 0 <= α <= 1.")
+    progress(0, desc=f"{entry.label} at α = {alpha:g}")
+    try:
+        with pool().using(entry) as model_:
+            name = lora.active_adapter(model_)
+            lora.set_adapter_scale(model_, name, alpha)
+            try:
+                result = generate(model_, [prompt], [seed], steps=steps,
+                                  callback=lambda k, n: progress(0.8 * k / n, desc=f"α = {alpha:g}: denoising step {k}/{n}"))
+            finally:
+                lora.set_adapter_scale(model_, name, 1.0)
+    except (FileNotFoundError, ValueError) as err:
+        raise gr.Error(f"{entry.label} could not be loaded: {err}") from err
+    g = result.gaussians[0:1]
+    out = session_dir(request, "compare") / f"scale-{_slug(entry.label)}-{alpha:.2f}"
+    out.mkdir(parents=True, exist_ok=True)
+    progress(0.85, desc="rendering the views")
+    with torch.no_grad():
+        rgb, _ = view_strips(render(visible(g), model_views(), 256))
+    iio.imwrite(out / "views.png", rgb)
+    row = score_asset(g, prompt, score_rewards())
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in row.items())
+    info = (f"**{entry.label}** at **α = {alpha:g}** (0 = the base, 1 = the adapter as trained) on *{prompt}*, seed {seed}, "
+            f"{steps} steps: {scores}.")
+    return str(grid_2x2(out / "views.png")), info
 
 
 def _summary(prompt, seed, steps, guidance, done, seconds, rewards, total, final) -> str:
@@ -351,18 +584,41 @@ def build_tab() -> None:
             with gr.Column(visible=i == 0, min_width=200) as column:
                 title = gr.Markdown()
                 video = gr.Video(label="Turntable: RGB | normals", autoplay=True, loop=True)
-                views = gr.Image(label="4 views", type="filepath")
+                views = gr.Image(label="4 views (2 x 2)", type="filepath")
             slot_outputs += [column, title, video, views]
     scores = gr.Dataframe(label="Offline rewards on the same renders (rows: models)", interactive=False)
     plys = gr.File(label="Splats (PLY)", file_count="multiple", interactive=False)  # downloads only
     with gr.Row():
         curves_step = gr.Plot(label="Reward vs step")
         curves_wall = gr.Plot(label="Reward vs wall time")
-    evaluation = gr.Dataframe(label="Held-out evaluation (eval.csv: the base row and the last step)", interactive=False)
+    evaluation = gr.Dataframe(label="Held-out change from the base: Δ ± 1.96·SE over prompts (★ a column's clear winner)",
+                              interactive=False, wrap=True, elem_id="compare-evaluation")
+    verdict = gr.Markdown(elem_id="compare-verdict")
+    with gr.Row():
+        evaluate = gr.Button("Evaluate the chosen LoRAs (held-out)", scale=0, min_width=260, elem_id="compare-evaluate")
+        eval_status = gr.Markdown(elem_id="compare-eval-status")
+    gr.Markdown("*Evaluate* runs the held-out evaluation of each chosen LoRA as a server job (one at a time, after "
+                "any finetune): the 24 held-out prompts, 1 seed, 10 steps, paired with the base's samples. The result is "
+                "kept beside the run; an unchanged adapter is not evaluated again.")
+    with gr.Accordion("LoRA scale: one adapter from the base (α = 0) to as trained (α = 1)", open=True):
+        with gr.Row():
+            with gr.Column(scale=1):
+                scale_model = gr.Dropdown([], label="LoRA to scale", info="one of the chosen models",
+                                          allow_custom_value=True, elem_id="compare-scale-model")
+                alpha = gr.Slider(0, 1, value=1, step=0.05, label="LoRA scale α", elem_id="compare-alpha")
+                scale_run = gr.Button("Render at α")
+            with gr.Column(scale=2):
+                scale_views = gr.Image(label="4 views at α", type="filepath", height=360, elem_id="compare-scale-views")
+                scale_info = gr.Markdown(elem_id="compare-scale-info")
 
     triggers = [refresh.click, models.focus] + ([tab.select] if isinstance(tab, gr.Tab) else [])
     for trigger in triggers:
         trigger(refresh_models, models, models, queue=False, api_visibility="private")
-    outputs = [*slot_outputs, scores, plys, curves_step, curves_wall, evaluation, info]
+    models.change(scale_choices, models, scale_model, queue=False, api_visibility="private")
+    outputs = [*slot_outputs, scores, plys, curves_step, curves_wall, evaluation, verdict, info]
     job = run.click(run_compare, [prompt, seed, steps, models, frames], outputs, api_name="compare", concurrency_limit=1)
     stop.click(None, cancels=[job])
+    evaluate.click(evaluate_models, models, [eval_status, evaluation, verdict], api_name="evaluate", concurrency_limit=None)
+    scale_inputs = [prompt, seed, steps, scale_model, alpha]
+    scale_run.click(run_scale, scale_inputs, [scale_views, scale_info], api_name="lora_scale", concurrency_limit=1)
+    alpha.release(run_scale, scale_inputs, [scale_views, scale_info], api_visibility="private", concurrency_limit=1)

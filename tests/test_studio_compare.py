@@ -53,7 +53,12 @@ def studio(tmp_path_factory):
     _train(root / "runs" / "geo", "geometry", prompts, evaluate=False)
     print(f"\n2 tiny runs made in {time.perf_counter() - t0:.1f} s")
     catalogue.set_runs_dir(root / "runs")
-    with _serve() as client:
+    with pytest.MonkeyPatch.context() as mp, _serve() as client:
+        from app import evaluations
+
+        # the studio's held-out settings, made small: 3 prompts x 1 seed, 2 steps
+        mp.setattr(evaluations, "PROMPTS", ["a blue car", "a green tree", "a red chair"])
+        mp.setattr(evaluations, "STEPS", 2)
         yield types.SimpleNamespace(client=client, root=root)
     catalogue.set_runs_dir(root / "unused")
 
@@ -61,7 +66,7 @@ def studio(tmp_path_factory):
 def _compare(client, models, seed=0):
     out = client.predict(PROMPT, seed, STEPS, models, FRAMES, api_name="/compare")
     slots = [tuple(out[i:i + 3]) for i in range(0, 12, 3)]  # (title, video, views); the columns are not API values
-    scores, plys, by_step, by_wall, evaluation, info = out[12:]
+    scores, plys, by_step, by_wall, evaluation, verdict, info = out[12:]
     return slots, scores, plys, by_step, by_wall, evaluation, info
 
 
@@ -89,7 +94,7 @@ def test_compare_base_and_runs_side_by_side(studio):
     assert slots[3] == (None, None, None)  # the unused slot is empty (and hidden)
     for _, video, views in slots[:3]:
         assert iio.imread(video).shape[0] == FRAMES
-        assert iio.imread(views).shape[1] == 4 * iio.imread(views).shape[0]  # 4 square views in a row
+        assert iio.imread(views).shape[1] == iio.imread(views).shape[0]  # 4 square views, 2 x 2
     assert [p.rsplit("/", 1)[-1] for p in plys] == ["1-base.ply", "2-run-colour.ply", "3-run-geo.ply"]
 
     rows = _table(scores)
@@ -110,14 +115,15 @@ def test_compare_base_and_runs_side_by_side(studio):
     first = read_metrics(studio.root / "runs" / "geo")["reward_mean"].iloc[0]
     assert any(abs(s["y0"] - first) < 1e-9 for s in _figure(by_step)["layout"]["shapes"])
 
-    # evaluation: the colour run's base row and its step-2 row; the geo run has none
+    # evaluation: the colour run's change from its eval.csv (its last run row, with delta columns); the geo run has none
     ev = _table(evaluation)
-    colour = [r for r in ev if r["model"] == "run: colour"]
-    assert [r["row"] for r in colour] == ["base", "step 2"]
-    assert all(r["held-out reward"] != "—" and r["category acc"] != "—" for r in colour)
-    assert float(colour[0]["KID vs base"]) == pytest.approx(0, abs=0.05)
-    (geo,) = [r for r in ev if r["model"] == "run: geo"]
-    assert geo["row"] == "no eval.csv yet" and geo["held-out reward"] == "—"
+    assert [r["model"] for r in ev] == ["base", "run: colour", "run: geo"]
+    colour = ev[1]
+    assert colour["evaluated"] == "eval.csv, step 2" and "±" in colour["Δ colorfulness"]
+    assert colour["trained on"] == "colorfulness" and colour["category acc"] != "—"
+    assert float(colour["KID vs base"]) == pytest.approx(0, abs=0.05)
+    geo = ev[2]
+    assert geo["evaluated"] == "not evaluated: press Evaluate" and geo["Δ geometry"] == "—"
 
     # one base model in the pool; the runs' adapters were loaded into it, and none is left active
     model = pool().model
@@ -151,6 +157,78 @@ def test_a_lora_saved_after_start_appears_and_differs_from_the_base(studio):
     assert all(t["name"] != "run: late" for t in _figure(by_step)["data"])
 
 
+
+def test_evaluate_fills_the_deltas_and_a_second_click_reads_the_cache(studio):
+    from app.evaluations import EVALUATIONS, RESULT_FILE, evaluations_dir
+
+    t0 = time.perf_counter()
+    status, table, verdict = studio.client.predict(["base", "run: geo"], api_name="/evaluate")
+    seconds = time.perf_counter() - t0
+    print(f"evaluate run: geo (3 prompts x 1 seed, 2 steps, base included): {seconds:.1f} s")
+    assert "run: geo: evaluated" in status, status
+    geo = next(r for r in _table(table) if r["model"] == "run: geo")
+    assert geo["evaluated"].startswith("Evaluate: 3 held-out prompts × 1 seed(s), 2 steps")
+    for title in ("Δ geometry", "Δ alignment reward", "Δ colorfulness", "Δ alignment (cosine)"):
+        assert "±" in geo[title], (title, geo[title])
+    assert "Held-out change from the base" in verdict and "geometry" in verdict
+    stored = json.loads((studio.root / "runs" / "geo" / RESULT_FILE).read_text())
+    assert {"delta/reward/geometry", "delta_se/reward/geometry"} <= set(stored["run"]) and stored["settings"]["steps"] == 2
+    assert list((evaluations_dir() / "base").glob("base-*.safetensors"))  # the base's scores, cached for the next run
+
+    sampled, mtime = EVALUATIONS.sampled, (studio.root / "runs" / "geo" / RESULT_FILE).stat().st_mtime_ns
+    again = studio.client.predict(["run: geo"], api_name="/evaluate")
+    assert EVALUATIONS.sampled == sampled and (studio.root / "runs" / "geo" / RESULT_FILE).stat().st_mtime_ns == mtime
+    assert _table(again[1])[1]["Δ geometry"] == geo["Δ geometry"]
+    # the Compare table reads the stored evaluation too
+    evaluation = _compare(studio.client, ["run: geo"])[5]
+    assert _table(evaluation)[1]["Δ geometry"] == geo["Δ geometry"]
+
+
+def test_evaluate_refuses_the_base_alone_and_reports_a_failure(studio, tmp_path):
+    import shutil
+
+    with pytest.raises(Exception, match="Choose a LoRA to evaluate"):
+        studio.client.predict(["base"], api_name="/evaluate")
+    # a run whose adapter is for another base: the job fails with the reason, in words, without server paths
+    bad = studio.root / "runs" / "alien"
+    shutil.copytree(studio.root / "runs" / "geo", bad)
+    info = json.loads((bad / "adapter" / "r2d3_adapter.json").read_text())
+    (bad / "adapter" / "r2d3_adapter.json").write_text(json.dumps({**info, "base_fingerprint": "0" * 16}))
+    (bad / "compare_eval.json").unlink(missing_ok=True)
+    status, table, _ = studio.client.predict(["run: alien"], api_name="/evaluate")
+    assert "run: alien: evaluation failed:" in status and "fingerprint" in status
+    assert str(studio.root) not in status
+
+
+def test_lora_scale_walks_from_the_base_to_the_adapter(studio):
+    """α = 0 draws the base's asset, α = 1 the adapter's (the same scores as Compare's rows), between differs."""
+    import imageio.v3 as iio
+
+    if not (studio.root / "runs" / "late").exists():
+        _random_adapter(studio.root / "runs" / "late" / "adapter")
+    rows = {r["model"]: r for r in _table(_compare(studio.client, ["base", "run: late"])[1])}
+
+    def at(alpha):
+        views, info = studio.client.predict(PROMPT, 0, STEPS, "run: late", alpha, api_name="/lora_scale")
+        assert iio.imread(views).shape[0] == iio.imread(views).shape[1] and f"α = {alpha:g}" in info
+        return {k: float(v) for k, v in (part.split(" ") for part in info.rsplit(": ", 1)[1].rstrip(".").split(", "))}
+
+    zero, one, half = at(0.0), at(1.0), at(0.5)
+    for k in ("geometry", "colorfulness"):
+        assert zero[k] == pytest.approx(rows["base"][k], rel=1e-3, abs=1e-3)  # the info shows 4 digits
+        assert one[k] == pytest.approx(rows["run: late"][k], rel=1e-3, abs=1e-3)
+    assert any(abs(half[k] - zero[k]) > 1e-4 and abs(half[k] - one[k]) > 1e-4 for k in ("geometry", "colorfulness"))
+    from app.catalogue import catalogue, pool
+    from engine.models import lora
+
+    with pool().using(catalogue().get("run: late")) as model:  # the shared base's adapter is back at scale 1
+        assert lora.adapter_scale(model, lora.active_adapter(model)) == 1.0
+    with pytest.raises(Exception, match="greater than maximum value 1|0 <= α <= 1"):
+        studio.client.predict(PROMPT, 0, STEPS, "run: late", 1.5, api_name="/lora_scale")
+    with pytest.raises(Exception, match="no LoRA to scale"):
+        studio.client.predict(PROMPT, 0, STEPS, "base", 0.5, api_name="/lora_scale")
+
+
 @pytest.mark.parametrize("prompt, models, match", [
     ("  ", ["base"], "prompt is empty"),
     (PROMPT, [], "at least one model"),
@@ -168,7 +246,7 @@ def test_curves_and_eval_table_without_runs():
 
     by_step, by_wall = curve_figures([Entry("base", "base")])
     assert not by_step.data and "No reward curves" in by_step.layout.annotations[0].text
-    assert eval_table([Entry("base", "base")]).empty
+    assert eval_table([Entry("base", "base")])[0].empty
 
 
 def test_reward_panels_draw_each_reward_as_the_single_figure_does():
@@ -191,15 +269,53 @@ def test_reward_panels_draw_each_reward_as_the_single_figure_does():
     assert [s.y0 for s in panels.layout.shapes] == [0.1, 5.0]  # each panel's base level: its runs' first step
 
 
-def test_eval_table_reads_the_last_step_and_marks_what_is_missing(tmp_path):
-    from app.catalogue import Entry
-    from app.compare import eval_table
+def _run_folder(folder, reward, rows):
+    """A run folder with a config.json and an eval.csv of ``rows`` (dicts)."""
+    import pandas as pd
 
-    (tmp_path / "config.json").write_text(json.dumps({"reward": "alignment:1,geometry:0.5"}))
-    (tmp_path / "eval.csv").write_text("step,label,reward/alignment,reward/geometry,alignment,category_acc,color_acc,kid_vs_base,diversity\n"
-                                       "3,run,0.5,0.25,0.5,1.0,0.5,0.01,\n1,run,0.1,0.2,0.1,0.0,0.0,0.02,0.3\n")
-    rows = eval_table([Entry("run: x", "run", tmp_path / "adapter", tmp_path), Entry("upload: u", "upload", tmp_path / "u")]).to_dict("records")
-    assert [r["row"] for r in rows] == ["base", "step 3", "no run folder"]
-    assert rows[0]["held-out reward"] == "—" and rows[0]["alignment"] == "—"  # eval_at_end alone writes no base row
-    assert rows[1]["held-out reward"] == "alignment 0.5, geometry 0.25" and rows[1]["diversity"] == "—"
-    assert rows[1]["category acc"] == "1" and rows[2]["KID vs base"] == "—"
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"reward": reward}))
+    pd.DataFrame(rows).to_csv(folder / "eval.csv", index=False)
+    return folder
+
+
+def _delta_row(step, **deltas):
+    """An eval.csv run row: measure=(delta, se) for reward/geometry, reward/alignment, ..."""
+    row = {"step": step, "label": "run", "category_acc": 1.0}
+    for m, (d, se) in deltas.items():
+        row[f"delta/{m.replace('__', '/')}"], row[f"delta_se/{m.replace('__', '/')}"] = d, se
+    return row
+
+
+def test_best_cell_tie_and_forgetting(tmp_path):
+    from app.catalogue import Entry
+    from app.compare import best_of, eval_table
+
+    # best: the top interval clears the runner-up's; tie: they overlap; unknown: an interval is missing
+    assert best_of({"base": (0.0, 0.0), "a": (0.10, 0.01), "b": (0.02, 0.01)}) == ("best", ["a"])
+    assert best_of({"base": (0.0, 0.0), "a": (0.03, 0.01), "b": (0.02, 0.01)}) == ("tie", ["a", "b"])  # base's 0 lies below a's interval
+    assert best_of({"base": (0.0, 0.0), "a": (0.03, None)}) == ("unknown", ["a", "base"])
+    assert best_of({"base": (0.0, 0.0)}) == ("", [])
+
+    # a Nabla run on alignment that gained alignment but lost geometry, and a geometry run that won geometry
+    nabla = _run_folder(tmp_path / "nabla", "alignment", [_delta_row(
+        20, reward__alignment=(0.005, 0.001), alignment=(0.004, 0.001), reward__geometry=(-0.12, 0.02))])
+    geo = _run_folder(tmp_path / "geo", "geometry", [_delta_row(
+        20, reward__alignment=(0.004, 0.002), alignment=(-0.001, 0.002), reward__geometry=(0.05, 0.01))])
+    old = _run_folder(tmp_path / "old", "colorfulness", [  # an eval.csv from before the delta columns
+        {"step": 0, "label": "base", "reward/geometry": 0.5, "reward/colorfulness": 50.0},
+        {"step": 9, "label": "run", "reward/geometry": 0.4, "reward/colorfulness": 60.0}])
+    entries = [Entry("base", "base")] + [Entry(f"run: {f.name}", "run", f / "adapter", f) for f in (nabla, geo, old)]
+    table, verdict = eval_table(entries)
+    rows = {r["model"]: r for r in table.to_dict("records")}
+    assert list(rows) == ["base", "run: nabla", "run: geo", "run: old"]
+    assert rows["run: geo"]["Δ geometry"] == "★ +0.05 ± 0.02"  # clear of the base's 0 and of the others
+    assert rows["run: nabla"]["Δ geometry"] == "-0.12 ± 0.039"
+    assert rows["run: nabla"]["Δ alignment reward"].endswith("(tie)") and rows["run: geo"]["Δ alignment reward"].endswith("(tie)")
+    assert rows["run: old"]["Δ colorfulness"] == "+10" and rows["run: old"]["evaluated"].startswith("eval.csv, step 9 (no interval")
+    assert rows["base"]["Δ geometry"] == "0" and rows["run: old"]["Δ alignment (cosine)"] == "—"
+    assert "★ **geometry**: run: geo won" in verdict and "**alignment reward**: a tie between run: nabla, run: geo" in verdict
+    assert "**Forgetting**: run: nabla (trained on alignment) lost geometry: Δ -0.12 ± 0.039" in verdict
+    assert "Possible forgetting: run: old (trained on colorfulness) dropped geometry by -0.1" in verdict
+    assert "run: geo (trained on geometry) lost" not in verdict  # geo's alignment interval reaches above 0
+    assert eval_table([Entry("base", "base")])[0].empty
