@@ -473,7 +473,7 @@ def grid_2x2(strip: Path) -> Path:
     image = iio.imread(strip)
     h = image.shape[0]
     views = [image[:, k * h:(k + 1) * h] for k in range(4)]
-    out = Path(strip).with_name("views_2x2.png")
+    out = Path(strip).with_name("grid-views.png")
     iio.imwrite(out, np.concatenate([np.concatenate(views[:2], 1), np.concatenate(views[2:], 1)], 0))
     return out
 
