@@ -78,6 +78,10 @@ def test_base_against_itself_is_reproducible(evaluator):
     assert base["dnc"] == base["reward/geometry"]
     assert all(base[f"delta/{m}"] == 0 and base[f"delta_se/{m}"] == 0 for m in PAIRED)
     assert same(without_time(evaluator.evaluate()), without_time(base))  # sampled again: the same numbers
+    rows = evaluator.asset_rows("base")
+    assert [(r["prompt"], r["seed"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert sum(r["alignment"] for r in rows) / 4 == pytest.approx(base["alignment"], rel=1e-5)
+    assert evaluator.asset_rows("run") == rows  # the last evaluation: the base's weights again
 
 
 def test_base_cache_samples_the_base_once_per_setting(tmp_path, monkeypatch):

@@ -85,6 +85,12 @@ def test_summary_has_one_row_per_method_with_every_column(comparison):
     assert final["step"] == 2 and list(ev[ev.label == "run"]["step"]) == [1, 2]
     assert table.loc[0, "final_reward_mean"] == pytest.approx(sum(r["reward/colorfulness"] for r in seeds) / 2)
     assert table.loc[0, "base_reward"] == pytest.approx(base["reward/colorfulness"])
+    # per asset (1 prompt x 2 seeds) beside every evaluation, averaging to its row
+    assets = pd.read_csv(comparison / "runs" / "refl" / "seed0" / "eval_assets.csv")
+    assert list(assets.groupby(["step", "label"]).size().items()) == [((0, "base"), 2), ((1, "run"), 2), ((2, "run"), 2)]
+    assert list(assets["seed"][:2]) == [0, 1] and (assets["prompt"] == 0).all()
+    last = assets[(assets.step == 2) & (assets.label == "run")]
+    assert last["reward/colorfulness"].mean() == pytest.approx(final["reward/colorfulness"], rel=1e-6)
 
 
 def test_run_folders_are_the_trainers(comparison):

@@ -142,10 +142,15 @@ def test_run_folder_metrics_append_truncate_read_roundtrip(tmp_path):
     assert run.metrics_file.read_text().splitlines() == ["step,reward_mean,loss", "1,0.1,-1"]
     assert run.eval_file.read_text().splitlines() == ["step,label,alignment", "0,base,0.5"]
     assert sorted(p.name for p in run.path.iterdir()) == ["eval.csv", "metrics.csv"]  # no temporary files left
+    run.append_eval(2, "run", {"alignment": 0.7}, [{"prompt": 0, "seed": 0, "alignment": 0.6}, {"prompt": 0, "seed": 1, "alignment": 0.8}])
+    assert [(r["step"], r["seed"], r["alignment"]) for r in run.eval_asset_rows()] == [("2", "0", "0.6"), ("2", "1", "0.8")]
+    run.truncate(1)
+    assert run.eval_asset_rows() == [] and [r["step"] for r in run.eval_rows()] == ["0"]
     run.append_eval(3, "run", {"delta/alignment": 0.2, "alignment": 0.7})  # a newer version adds a column
     run.append_eval(4, "run", {"alignment": 0.8})
     assert run.eval_file.read_text().splitlines() == ["step,label,alignment,delta/alignment", "0,base,0.5,",
                                                       "3,run,0.7,0.2", "4,run,0.8,"]
+    assert sorted(p.name for p in run.path.iterdir()) == ["eval.csv", "eval_assets.csv", "metrics.csv"]
     run.clear_rows()
     assert run.metrics_rows() == [] and run.eval_rows() == []
     write_csv(run.metrics_file, [])
@@ -160,7 +165,7 @@ def test_run_folder_config_and_layout(tmp_path):
     run.save_config(config)
     assert run.holds_run() and run.load_config().to_dict() == config.to_dict()
     assert run.config_dict() == json.loads(run.config_file.read_text())
-    names = [p.name for p in (run.config_file, run.metrics_file, run.eval_file, run.adapter, run.samples,
+    names = [p.name for p in (run.config_file, run.metrics_file, run.eval_file, run.eval_assets_file, run.adapter, run.samples,
                                run.checkpoint, run.checkpoint_old, run.status_file)]
     assert tuple(names) == RUN_FILES
     assert run.sample_file(7) == run.path / "samples" / "step_0007.png" and run.status_file.name == "status.json"

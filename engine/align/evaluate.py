@@ -153,6 +153,7 @@ class RunEvaluator:
             if cached:
                 _save_scores(self.base, cached)
         self._base_metrics = self._summarise(self.base)
+        self.last = self.base
 
     def _base_key(self) -> str:
         """A digest of everything the base's scores depend on."""
@@ -172,7 +173,19 @@ class RunEvaluator:
 
     def evaluate(self) -> dict[str, float]:
         """The model as it is now (its active adapter), on the same prompts and seeds as the base."""
-        return self._summarise(self._sample_and_score())
+        self.last = self._sample_and_score()
+        return self._summarise(self.last)
+
+    def asset_rows(self, which: str = "run") -> list[dict]:
+        """Per-asset scores of the base (``"base"``) or of the last ``evaluate()`` (``"run"``): prompt index, seed,
+        every reward, alignment, dnc and the two accuracies (1/0, NaN outside the world's grammar), prompt-major.
+        Paired with the base's rows by (prompt, seed): what bootstrap intervals over prompts x seeds resample."""
+        scores = self.base if which == "base" else self.last
+        S = len(self.settings.seeds)
+        columns = {**{f"reward/{n}": v for n, v in scores.rewards.items()}, "alignment": scores.alignment, "dnc": scores.dnc,
+                   "category_ok": scores.category_ok, "color_ok": scores.color_ok}
+        return [{"prompt": a // S, "seed": self.settings.seeds[a % S], **{k: float(v[a]) for k, v in columns.items()}}
+                for a in range(len(scores.alignment))]
 
     def metric_names(self) -> list[str]:
         """The metric keys every call returns, in order."""

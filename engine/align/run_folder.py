@@ -3,6 +3,7 @@
     config.json      the RunConfig (engine.align.config)
     metrics.csv      one row per optimiser step (the trainer appends)
     eval.csv         held-out evaluations: step, label ("base" / "run"), then the metrics
+    eval_assets.csv  the same evaluations per asset: step, label, prompt (index), seed, then the scores
     adapter/         the current adapter, peft format (engine.models.lora.save_adapter)
     samples/         step_NNNN.png strips
     checkpoint/      adapter, optimiser, method state and counters (written by the trainer), swapped in whole:
@@ -24,7 +25,7 @@ from typing import Iterator
 from ..core.io import atomic_save, building_folder
 from .config import RunConfig
 
-RUN_FILES = ("config.json", "metrics.csv", "eval.csv", "adapter", "samples", "checkpoint", "checkpoint-old", "status.json")
+RUN_FILES = ("config.json", "metrics.csv", "eval.csv", "eval_assets.csv", "adapter", "samples", "checkpoint", "checkpoint-old", "status.json")
 CHECKPOINT_MARKER = "trainer.json"  # the file a complete checkpoint folder holds
 
 
@@ -49,6 +50,10 @@ class RunFolder:
     @property
     def eval_file(self) -> Path:
         return self.path / "eval.csv"
+
+    @property
+    def eval_assets_file(self) -> Path:
+        return self.path / "eval_assets.csv"
 
     @property
     def adapter(self) -> Path:
@@ -101,8 +106,14 @@ class RunFolder:
     def append_metrics(self, row: dict) -> None:
         append_csv(self.metrics_file, row)
 
-    def append_eval(self, step: int, label: str, metrics: dict) -> None:
+    def append_eval(self, step: int, label: str, metrics: dict, assets: list[dict] | None = None) -> None:
+        """One evaluation: its metrics into eval.csv and, given, its per-asset scores into eval_assets.csv."""
+        if assets:
+            write_csv(self.eval_assets_file, [*read_csv(self.eval_assets_file), *({"step": step, "label": label, **a} for a in assets)])
         append_csv(self.eval_file, {"step": step, "label": label, **metrics})
+
+    def eval_asset_rows(self) -> list[dict]:
+        return read_csv(self.eval_assets_file)
 
     def metrics_rows(self) -> list[dict]:
         """metrics.csv's rows as strings, as csv reads them ([] when there is none)."""
@@ -115,10 +126,11 @@ class RunFolder:
         """Drops the metrics and evaluation rows after ``step`` (they will be written again on resume)."""
         truncate_csv(self.metrics_file, step)
         truncate_csv(self.eval_file, step)
+        truncate_csv(self.eval_assets_file, step)
 
     def clear_rows(self) -> None:
-        """Removes metrics.csv and eval.csv (a run starting again from step 0)."""
-        for path in (self.metrics_file, self.eval_file):
+        """Removes metrics.csv, eval.csv and eval_assets.csv (a run starting again from step 0)."""
+        for path in (self.metrics_file, self.eval_file, self.eval_assets_file):
             path.unlink(missing_ok=True)
 
     # -- checkpoint ---------------------------------------------------------------------------------

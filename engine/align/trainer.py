@@ -205,7 +205,7 @@ class Trainer:
         if self.step == 0 and cfg.sample_every and self.world.main:
             self.save_samples()
         if self.step == 0 and cfg.eval_every and self.world.main:
-            self._append_eval(0, self.evaluator().base_metrics(), "base")
+            self.record_eval("base")
         try:
             while self.step < cfg.steps and not self._stop:
                 metrics = self.train_step()
@@ -217,13 +217,13 @@ class Trainer:
                     if cfg.sample_every and n % cfg.sample_every == 0:
                         self.save_samples()
                     if cfg.eval_every and n % cfg.eval_every == 0:
-                        self._append_eval(n, self.evaluator().evaluate(), "run")
+                        self.record_eval("run")
                 yield metrics
         finally:
             if self.world.main and self.step > 0 and self._saved_step != self.step:
                 self.save_checkpoint()
         if self.world.main and cfg.eval_at_end and not (cfg.eval_every and self.step % cfg.eval_every == 0):
-            self._append_eval(self.step, self.evaluator().evaluate(), "run")
+            self.record_eval("run")
 
     def train_step(self) -> dict:
         cfg, step = self.config, self.step
@@ -316,8 +316,13 @@ class Trainer:
     def _append_metrics(self, metrics: dict) -> None:
         self.folder.append_metrics(metrics)
 
-    def _append_eval(self, step: int, metrics: dict, label: str) -> None:
-        self.folder.append_eval(step, label, metrics)
+    def record_eval(self, label: str) -> dict:
+        """A held-out evaluation of the base (``"base"``, at step 0) or of the model now (``"run"``) into
+        eval.csv and eval_assets.csv; returns its metrics."""
+        ev = self.evaluator()
+        metrics = ev.base_metrics() if label == "base" else ev.evaluate()
+        self.folder.append_eval(0 if label == "base" else self.step, label, metrics, ev.asset_rows(label))
+        return metrics
 
     def evaluator(self):
         if self._evaluator is None:

@@ -90,16 +90,13 @@ def train_run(config: RunConfig, folder: Path, budget: float | None, tag: str, e
 
 def ensure_final_eval(trainer) -> None:
     """The base row and a run row at the final step in eval.csv (the trainer writes them unless a run was
-    cut between its checkpoint and its evaluation, or eval_every is 0 and the base was never written), written
-    through the run folder's own writer (engine.align.run_folder)."""
+    cut between its checkpoint and its evaluation, or eval_every is 0 and the base was never written), with their
+    per-asset scores, through the trainer's own recorder (Trainer.record_eval)."""
     cfg = trainer.config
     if not (cfg.eval_at_end or cfg.eval_every):
         return
     have = {(int(float(r["step"])), r["label"]) for r in trainer.folder.eval_rows()}
-    todo = []
     if (0, "base") not in have:
-        todo.append((0, "base", trainer.evaluator().base_metrics()))
+        trainer.record_eval("base")
     if trainer.step > 0 and (trainer.step, "run") not in have:
-        todo.append((trainer.step, "run", trainer.evaluator().evaluate()))
-    for step, label, metrics in todo:
-        trainer.folder.append_eval(step, label, metrics)
+        trainer.record_eval("run")
