@@ -623,20 +623,19 @@ def build_tab() -> None:
     with gr.Row():
         with gr.Column(scale=1):
             preset = gr.Dropdown(list(presets.PRESETS), value=presets.DEMO, label="Preset",
-                                 info="fills the form with settings measured on this build (see the README)")
-            method = gr.Dropdown([(title(m), m) for m in METHODS], value=DEFAULTS["method"], label="Method")
-            reward = gr.Dropdown(available, value=DEFAULTS["reward"] if DEFAULTS["reward"] in available else available[0],
-                                 label="Reward", info="rewards that can run on this server",
-                                 allow_custom_value=True)  # so a script naming another gets the reason it cannot run
-            gr.HTML(_unavailable_note())
-            steps = gr.Slider(1, 200, value=DEFAULTS["steps"], step=1, label="Steps (optimiser steps)")
+                                 info="fills the form with settings measured here (README: Finetune tab)")
             with gr.Row():
-                seed = gr.Number(value=DEFAULTS["seed"], precision=0, label="Seed", min_width=80)
-                lr = gr.Number(value=DEFAULTS["lr"], label="Learning rate", info="the engine's default is 1e-4",
-                               min_width=120)
-            prompt_source = gr.Radio([BUILTIN, OWN], value=DEFAULT_PROMPT_SOURCE, label="Training prompts",
-                                     info=f"built-in: {len(read_prompts(TRAIN_PROMPTS))} prompts of the tiny model's world")
-            prompts = gr.Textbox(DEFAULT_PROMPTS, label="Your prompts, one per line", lines=4, max_lines=8,
+                method = gr.Dropdown([(title(m), m) for m in METHODS], value=DEFAULTS["method"], label="Method", min_width=120)
+                reward = gr.Dropdown(available, value=DEFAULTS["reward"] if DEFAULTS["reward"] in available else available[0],
+                                     label="Reward", min_width=120,
+                                     allow_custom_value=True)  # so a script naming another gets the reason it cannot run
+            gr.HTML(_unavailable_note())
+            with gr.Row():
+                steps = gr.Slider(1, 200, value=DEFAULTS["steps"], step=1, label="Steps (optimiser steps)", scale=2)
+                lr = gr.Number(value=DEFAULTS["lr"], label="Learning rate", min_width=100, scale=1)
+            prompt_source = gr.Radio([(f"{BUILTIN} ({len(read_prompts(TRAIN_PROMPTS))} prompts)", BUILTIN), (OWN, OWN)],
+                                     value=DEFAULT_PROMPT_SOURCE, label="Training prompts")
+            prompts = gr.Textbox(DEFAULT_PROMPTS, label="Your prompts, one per line", lines=3, max_lines=3,
                                  visible=DEFAULT_PROMPT_SOURCE == OWN, placeholder="a red chair\na blue car with yellow wheels")
             with gr.Row():
                 start = gr.Button("Start", variant="primary")
@@ -650,7 +649,8 @@ def build_tab() -> None:
                                          info=f"at most {MAX_HELDOUT}; none may be a training prompt")
             with gr.Accordion("Run settings (cost per step)", open=False):
                 gr.Markdown("Studio defaults favour a quick first point on a CPU; RunConfig's are batch 4, "
-                            "20 sampler steps, 128 px, samples every 10 steps.")
+                            "20 sampler steps, 128 px, samples every 10 steps. The engine's learning rate is 1e-4.")
+                seed = gr.Number(value=DEFAULTS["seed"], precision=0, label="Seed")
                 batch_size = gr.Slider(1, 16, value=DEFAULTS["batch_size"], step=1, label="Batch size (trajectories per step)")
                 sampler_steps = gr.Slider(4, 50, value=DEFAULTS["sampler_steps"], step=1, label="Sampler steps")
                 render_resolution = gr.Slider(32, 256, value=DEFAULTS["render_resolution"], step=32, label="Reward render resolution (px)")
