@@ -23,6 +23,7 @@ from plotly.subplots import make_subplots
 
 from engine.core.cameras import evaluation_views
 from engine.generate import generate, model_views, visible, write_asset
+from engine.models import lora
 from engine.preview import view_strips
 from engine.prompts import prompt_notice, validate_prompt
 from engine.render import render
@@ -36,6 +37,13 @@ from engine.rewards import (
 
 from .catalogue import BASE, Entry, catalogue, pool
 from .curves import X_AXES, draw_curves, read_metrics, read_run_config, reward_figure
+from .evaluations import (
+    EVALUATIONS,
+    describe_settings,
+    read_result,
+    settings,
+    status_line,
+)
 from .sessions import refusal, session_dir
 
 MAX_MODELS = 4
@@ -250,28 +258,26 @@ def evaluation_of(entry: Entry) -> dict:
     """What is known of ``entry``'s held-out change from the base: {"source", "deltas", "metrics"}; the studio's
     own evaluation (Evaluate) first, else the run's eval.csv (its last run row; a file without delta columns
     gives the plain difference from its base row, without an interval)."""
-    from .evaluations import describe_settings, read_result, settings
-
     s = settings()
     found = read_result(entry, s)
     if found is not None:
-        return {"source": f"Evaluate: {describe_settings(s)}", "deltas": _deltas(found["run"]), "metrics": found["run"]}
+        return {"source": f"Evaluate ({describe_settings(s, short=True)})", "deltas": _deltas(found["run"]), "metrics": found["run"]}
     frame = read_eval(entry.run)
     if frame.empty or "label" not in frame:
-        why = "no run folder; press Evaluate" if entry.run is None else "not evaluated: press Evaluate"
+        why = "not evaluated yet"
         return {"source": why, "deltas": {}, "metrics": {}}
     runs = frame[frame["label"] == "run"].sort_values("step", kind="stable")
     bases = frame[frame["label"] == "base"]
     if runs.empty:
-        return {"source": "eval.csv has no run row yet; press Evaluate", "deltas": {}, "metrics": {}}
+        return {"source": "not evaluated yet", "deltas": {}, "metrics": {}}
     row = runs.iloc[-1]
     base = bases.iloc[-1] if not bases.empty else None
     deltas = _deltas(row, base)
     where = f"eval.csv, step {int(row['step'])}"
     if deltas and all(se is None for _, se in deltas.values()):
-        where += " (no interval: press Evaluate for one)"
+        where += ", no interval"
     elif not deltas:
-        where += " (no base row: press Evaluate)"
+        where += ", no base row"
     return {"source": where, "deltas": deltas, "metrics": row.to_dict()}
 
 
@@ -295,9 +301,9 @@ def best_of(column: dict[str, tuple[float, float | None]]) -> tuple[str, list[st
 
 
 def forgetting(name: str, reward: str, deltas: dict[str, tuple[float, float | None]]) -> list[str]:
-    """Warnings for measures ``name`` was not trained for and lost: the whole interval below 0 (or, without an
-    interval, a plain drop, flagged as possible)."""
-    trained, out = trained_measures(reward), []
+    """Warnings for measures ``name`` was not trained for and lost: each whole interval below 0; plain drops
+    without an interval in one line, as possible."""
+    trained, out, maybe = trained_measures(reward), [], []
     for m, (d, se) in deltas.items():
         if m in trained or d >= 0:
             continue
@@ -305,8 +311,10 @@ def forgetting(name: str, reward: str, deltas: dict[str, tuple[float, float | No
         if se is not None and d + Z * se < 0:
             out.append(f"⚠️ **Forgetting**: {name} (trained on {reward}) lost {what}: Δ {_cell(d, se)}, the whole interval below 0.")
         elif se is None:
-            out.append(f"⚠️ Possible forgetting: {name} (trained on {reward}) dropped {what} by {d:.3g} (no interval; "
-                       f"press Evaluate to know).")
+            maybe.append(f"{what} {d:+.3g}")
+    if maybe:
+        out.append(f"⚠️ Possible forgetting: {name} (trained on {reward}) dropped {', '.join(maybe)} (no interval: "
+                   f"press Evaluate to know).")
     return out
 
 
@@ -320,8 +328,8 @@ def eval_table(entries: list[Entry]) -> tuple[pd.DataFrame, str]:
     known = {e.label: (e, (_reward_of(e) if e.run else str(e.info.get("reward") or MISSING)), evaluation_of(e)) for e in adapters}
     columns = {m: {"base": (0.0, 0.0)} | {label: ev["deltas"][m] for label, (_, _, ev) in known.items() if m in ev["deltas"]}
                for m in MEASURES}
-    verdicts, lines = {m: best_of(col) for m, col in columns.items()}, []
-    rows = [{"model": "base", "trained on": MISSING, "evaluated": "the reference (Δ = 0)",
+    verdicts, lines, warnings = {m: best_of(col) for m, col in columns.items()}, [], []
+    rows = [{"model": "base", "trained on": MISSING, "evaluated": "the reference",
              **{title: _mark("0", *verdicts[m], "base") for m, title in MEASURES.items()},
              **{title: MISSING for title in EVAL_COLUMNS.values() if title != "alignment"}}]
     for label, (e, reward, ev) in known.items():
@@ -329,18 +337,21 @@ def eval_table(entries: list[Entry]) -> tuple[pd.DataFrame, str]:
                  for m, title in MEASURES.items()}
         rows.append({"model": label, "trained on": reward, "evaluated": ev["source"], **cells,
                      **{title: _fmt(ev["metrics"].get(key)) for key, title in EVAL_COLUMNS.items() if key != "alignment"}})
-        lines += forgetting(label, reward, ev["deltas"])
+        warnings += forgetting(label, reward, ev["deltas"])
+    unknown = False
     for m, (kind, names) in verdicts.items():
         what = MEASURES[m].removeprefix("Δ ")
         if kind == "best":
-            lines.insert(0, f"★ **{what}**: {names[0]} won, its interval clear of the runner-up's.")
+            lines.append(f"★ **{what}**: {names[0]} won, its interval clear of the runner-up's.")
         elif kind == "tie":
-            lines.insert(0, f"**{what}**: a tie between {', '.join(names)} (intervals overlap).")
-        elif kind == "unknown":
-            lines.insert(0, f"**{what}**: {names[0]} leads {names[1]}, but without an interval for both it is not a verdict.")
+            lines.append(f"**{what}**: a tie between {', '.join(names)} (their intervals overlap).")
+        unknown |= kind == "unknown"
+    if unknown:
+        lines.append("Where a leader or its runner-up has no interval (an eval.csv from before the paired deltas), there "
+                     "is no verdict: press *Evaluate* for one.")
     head = ("Held-out change from the base: Δ ± 1.96·SE over prompts (paired: same prompts, seeds and noise; higher is "
             "better). ★ marks a column's winner when its interval clears the runner-up's.")
-    return pd.DataFrame(rows), "\n\n".join([head, *lines])
+    return pd.DataFrame(rows), "\n\n".join([head, *lines, *warnings])
 
 
 def _mark(text: str, kind: str, names: list[str], me: str) -> str:
@@ -367,8 +378,6 @@ def _entries(models) -> list[Entry]:
 
 def evaluation_state(models) -> tuple[str, pd.DataFrame, str]:
     """Each chosen LoRA's evaluation state (in line, running, failed, done), the Δ table and its verdict."""
-    from .evaluations import status_line
-
     entries = _entries(models)
     lines = [status_line(e) for e in entries if e.adapter is not None]
     table, verdict = eval_table(entries)
@@ -379,8 +388,6 @@ def evaluate_models(models):
     """*Evaluate*: queues the held-out evaluation of each chosen LoRA as a server job (one at a time; a LoRA whose
     stored evaluation is of its adapter as it is now is not evaluated again), then streams their state, the Δ
     table and the verdict every second until they end. Closing the page does not stop them."""
-    from .evaluations import EVALUATIONS
-
     entries = _entries(models)
     adapters = [e for e in entries if e.adapter is not None]
     if not adapters:
@@ -491,8 +498,6 @@ def scale_choices(models):
 def run_scale(prompt, seed, steps, model, alpha, request: gr.Request = None, progress=gr.Progress()):
     """``model``'s adapter at scale α (0: the base, 1: the adapter as trained) on the prompt and seed: its 4 views
     (2 x 2) and every offline reward on the evaluation views. The shared base's adapter is set back to 1 after."""
-    from engine.models import lora
-
     try:
         prompt = validate_prompt(prompt)
     except ValueError as err:
@@ -589,16 +594,17 @@ def build_tab() -> None:
     scores = gr.Dataframe(label="Offline rewards on the same renders (rows: models)", interactive=False)
     plys = gr.File(label="Splats (PLY)", file_count="multiple", interactive=False)  # downloads only
     with gr.Row():
-        curves_step = gr.Plot(label="Reward vs step")
-        curves_wall = gr.Plot(label="Reward vs wall time")
+        curves_step = gr.Plot(label="Reward vs step", show_label=False)  # the figure's title says it (a label covers it)
+        curves_wall = gr.Plot(label="Reward vs wall time", show_label=False)
     evaluation = gr.Dataframe(label="Held-out change from the base: Δ ± 1.96·SE over prompts (★ a column's clear winner)",
-                              interactive=False, wrap=True, elem_id="compare-evaluation")
+                              interactive=False, wrap=True, elem_id="compare-evaluation",
+                              column_widths=["15%", "9%", "12%", *["9%"] * 4, *["6.5%"] * 4])
     verdict = gr.Markdown(elem_id="compare-verdict")
     with gr.Row():
         evaluate = gr.Button("Evaluate the chosen LoRAs (held-out)", scale=0, min_width=260, elem_id="compare-evaluate")
         eval_status = gr.Markdown(elem_id="compare-eval-status")
     gr.Markdown("*Evaluate* runs the held-out evaluation of each chosen LoRA as a server job (one at a time, after "
-                "any finetune): the 24 held-out prompts, 1 seed, 10 steps, paired with the base's samples. The result is "
+                f"any finetune): {describe_settings(settings())}, paired with the base's samples. The result is "
                 "kept beside the run; an unchanged adapter is not evaluated again.")
     with gr.Accordion("LoRA scale: one adapter from the base (α = 0) to as trained (α = 1)", open=True):
         with gr.Row():
@@ -620,5 +626,8 @@ def build_tab() -> None:
     stop.click(None, cancels=[job])
     evaluate.click(evaluate_models, models, [eval_status, evaluation, verdict], api_name="evaluate", concurrency_limit=None)
     scale_inputs = [prompt, seed, steps, scale_model, alpha]
-    scale_run.click(run_scale, scale_inputs, [scale_views, scale_info], api_name="lora_scale", concurrency_limit=1)
-    alpha.release(run_scale, scale_inputs, [scale_views, scale_info], api_visibility="private", concurrency_limit=1)
+    # one line for both (a release while a render runs waits, and only the last one waiting runs)
+    scale_run.click(run_scale, scale_inputs, [scale_views, scale_info], api_name="lora_scale", concurrency_limit=1,
+                    concurrency_id="compare-lora-scale")
+    alpha.release(run_scale, scale_inputs, [scale_views, scale_info], api_visibility="private", concurrency_limit=1,
+                  concurrency_id="compare-lora-scale", trigger_mode="always_last")

@@ -19,9 +19,9 @@ import json
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -44,7 +44,9 @@ def settings() -> EvalSettings:
     return EvalSettings(seeds=list(SEEDS), steps=STEPS, **extra)
 
 
-def describe_settings(s: EvalSettings) -> str:
+def describe_settings(s: EvalSettings, short: bool = False) -> str:
+    if short:
+        return f"{len(s.prompts)} prompts × {len(s.seeds)} seed{'s' * (len(s.seeds) > 1)}, {s.steps} steps"
     return f"{len(s.prompts)} held-out prompts × {len(s.seeds)} seed(s), {s.steps} steps, {s.resolution} px"
 
 

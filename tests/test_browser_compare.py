@@ -17,8 +17,8 @@ if not os.path.exists(CHROMIUM):
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing (pip install playwright)")
 pytest.importorskip("gradio")
 
-from tests.test_browser_studio import LONG, _open, _set_number, studio_page  # noqa: E402
-from tests.test_studio_compare import _random_adapter  # noqa: E402
+from tests.test_browser_studio import LONG, _open, _set_number, studio_page
+from tests.test_studio_compare import _random_adapter
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_compare_evaluate_fills_the_deltas(page):
     panel.locator("#compare-eval-status").get_by_text(re.compile(r"run: late: evaluated")).wait_for(timeout=LONG)
     rows = table.get_by_role("row").all_inner_texts()
     late = next(r for r in rows if "run: late" in r)
-    assert late.count("±") >= 4 and "Evaluate: 3 held-out prompts" in late, rows
+    assert late.count("±") >= 4 and "Evaluate (3 prompts × 1 seed, 2 steps)" in late, rows
     assert "Held-out change from the base" in panel.locator("#compare-verdict").inner_text()
 
 
@@ -65,13 +65,16 @@ def test_the_lora_scale_slider_changes_the_asset(page):
     assert panel.locator("#compare-scale-model input").input_value() == "run: late"  # follows the chosen models
     info, image = panel.locator("#compare-scale-info"), panel.locator("#compare-scale-views img")
     shown = {}
-    for alpha in (0, 1):
+    for alpha in (0, 1):  # the slider's release (its number box takes the value on blur) renders at α
         _set_number(panel, "number input for LoRA scale α", alpha)
-        panel.get_by_role("button", name="Render at α").click()
-        info.get_by_text(f"α = {alpha}").first.wait_for(timeout=LONG)
-        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=LONG)
-        shown[alpha] = (image.get_attribute("src"), page.request.get(image.get_attribute("src")).body(), info.inner_text())
-    assert shown[0][0] != shown[1][0] and shown[0][1] != shown[1][1]  # another image, other pixels
+        for _ in range(3):  # settled: the same α and image a moment later (no earlier render still landing)
+            info.get_by_text(f"α = {alpha} ").first.wait_for(timeout=LONG)
+            page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle(), timeout=LONG)
+            src, text = image.get_attribute("src"), info.inner_text()
+            page.wait_for_timeout(1500)
+            if image.get_attribute("src") == src and info.inner_text() == text and f"α = {alpha} " in text:
+                break
+        shown[alpha] = (src, page.request.get(src).body(), text)
     scores = [re.search(r"colorfulness ([\d.]+)", shown[a][2]).group(1) for a in (0, 1)]
     assert scores[0] != scores[1], scores
     box = image.bounding_box()

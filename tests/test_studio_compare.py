@@ -66,7 +66,7 @@ def studio(tmp_path_factory):
 def _compare(client, models, seed=0):
     out = client.predict(PROMPT, seed, STEPS, models, FRAMES, api_name="/compare")
     slots = [tuple(out[i:i + 3]) for i in range(0, 12, 3)]  # (title, video, views); the columns are not API values
-    scores, plys, by_step, by_wall, evaluation, verdict, info = out[12:]
+    scores, plys, by_step, by_wall, evaluation, _verdict, info = out[12:]
     return slots, scores, plys, by_step, by_wall, evaluation, info
 
 
@@ -123,7 +123,7 @@ def test_compare_base_and_runs_side_by_side(studio):
     assert colour["trained on"] == "colorfulness" and colour["category acc"] != "—"
     assert float(colour["KID vs base"]) == pytest.approx(0, abs=0.05)
     geo = ev[2]
-    assert geo["evaluated"] == "not evaluated: press Evaluate" and geo["Δ geometry"] == "—"
+    assert geo["evaluated"] == "not evaluated yet" and geo["Δ geometry"] == "—"
 
     # one base model in the pool; the runs' adapters were loaded into it, and none is left active
     model = pool().model
@@ -167,7 +167,7 @@ def test_evaluate_fills_the_deltas_and_a_second_click_reads_the_cache(studio):
     print(f"evaluate run: geo (3 prompts x 1 seed, 2 steps, base included): {seconds:.1f} s")
     assert "run: geo: evaluated" in status, status
     geo = next(r for r in _table(table) if r["model"] == "run: geo")
-    assert geo["evaluated"].startswith("Evaluate: 3 held-out prompts × 1 seed(s), 2 steps")
+    assert geo["evaluated"] == "Evaluate (3 prompts × 1 seed, 2 steps)"
     for title in ("Δ geometry", "Δ alignment reward", "Δ colorfulness", "Δ alignment (cosine)"):
         assert "±" in geo[title], (title, geo[title])
     assert "Held-out change from the base" in verdict and "geometry" in verdict
@@ -195,7 +195,7 @@ def test_evaluate_refuses_the_base_alone_and_reports_a_failure(studio, tmp_path)
     info = json.loads((bad / "adapter" / "r2d3_adapter.json").read_text())
     (bad / "adapter" / "r2d3_adapter.json").write_text(json.dumps({**info, "base_fingerprint": "0" * 16}))
     (bad / "compare_eval.json").unlink(missing_ok=True)
-    status, table, _ = studio.client.predict(["run: alien"], api_name="/evaluate")
+    status, *_ = studio.client.predict(["run: alien"], api_name="/evaluate")
     assert "run: alien: evaluation failed:" in status and "fingerprint" in status
     assert str(studio.root) not in status
 
@@ -312,10 +312,10 @@ def test_best_cell_tie_and_forgetting(tmp_path):
     assert rows["run: geo"]["Δ geometry"] == "★ +0.05 ± 0.02"  # clear of the base's 0 and of the others
     assert rows["run: nabla"]["Δ geometry"] == "-0.12 ± 0.039"
     assert rows["run: nabla"]["Δ alignment reward"].endswith("(tie)") and rows["run: geo"]["Δ alignment reward"].endswith("(tie)")
-    assert rows["run: old"]["Δ colorfulness"] == "+10" and rows["run: old"]["evaluated"].startswith("eval.csv, step 9 (no interval")
+    assert rows["run: old"]["Δ colorfulness"] == "+10" and rows["run: old"]["evaluated"] == "eval.csv, step 9, no interval"
     assert rows["base"]["Δ geometry"] == "0" and rows["run: old"]["Δ alignment (cosine)"] == "—"
-    assert "★ **geometry**: run: geo won" in verdict and "**alignment reward**: a tie between run: nabla, run: geo" in verdict
+    assert "★ **geometry**: run: geo won" in verdict and "**alignment reward**: a tie between run: nabla, run: geo (their" in verdict
     assert "**Forgetting**: run: nabla (trained on alignment) lost geometry: Δ -0.12 ± 0.039" in verdict
-    assert "Possible forgetting: run: old (trained on colorfulness) dropped geometry by -0.1" in verdict
+    assert "Possible forgetting: run: old (trained on colorfulness) dropped geometry -0.1 (no interval" in verdict
     assert "run: geo (trained on geometry) lost" not in verdict  # geo's alignment interval reaches above 0
     assert eval_table([Entry("base", "base")])[0].empty
