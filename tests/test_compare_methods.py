@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -115,7 +116,10 @@ def test_report_has_the_table_the_claims_and_the_figures(comparison):
         assert any(line.startswith(f"| {method} |") and " ± " in line for line in report.splitlines())
     claims = [line for line in report.splitlines() if line.startswith("- **")]
     assert [c.split(":")[0] for c in claims] == ["- **Higher reward", "- **Faster convergence", "- **Less forgetting"]
-    assert all(any(v in c for v in ("holds", "does not hold", "not testable here")) for c in claims)
+    words = (": reproduced", ": not reproduced at this budget", ": contradicted", ": not testable here")
+    assert all(any(w in c for w in words) for c in claims)
+    assert "holds" not in " ".join(claims) and "95% interval" in claims[0]  # per-asset scores give the gap its interval
+    assert any(line.startswith("| refl |") and "] |" in line for line in report.splitlines())  # Δ with its interval
     for name in ("reward_vs_steps", "reward_vs_time", "reward_vs_alignment"):
         html = comparison / "figures" / f"{name}.html"
         assert html.stat().st_size > 1000 and "Plotly.newPlot" in html.read_text()
@@ -229,10 +233,11 @@ def test_forgetting_leaves_out_what_the_reward_trains():
                           {**row, "method": "alignprop", "final_reward_mean": 0.676, "alignment_delta_mean": 0.023}])
     info = {"best_baseline": "alignprop", "target": 0.676, "gained": True, "base": {"heldout": 0.652}}
     plan = SimpleNamespace(methods=["nabla-r2d3", "alignprop"], higher_is_better=True, eval_every=10, reward_terms={"geometry"})
-    assert "alignment Δ +0.008 vs +0.023 (worse)" in study.claims(plan, table, info)[2]
+    assert "alignment Δ +0.008 vs +0.023 (worse; no interval)" in study.claims(plan, table, info)[2]
     plan.reward_terms = {"alignment", "geometry"}
     forgetting = study.claims(plan, table, info)[2]
-    assert forgetting.startswith("**Less forgetting: holds** (nabla-r2d3 as good as or better than alignprop on 3 of 3 measures)")
+    assert forgetting.startswith("**Less forgetting: not reproduced at this budget** (nabla-r2d3 vs alignprop;")
+    assert "no interval" in forgetting and "evaluate them again for a verdict" in forgetting
     assert "alignment Δ +" not in forgetting and "Alignment Δ is left out" in forgetting
 
 
@@ -252,18 +257,46 @@ def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
     out = tiny / "sweep"
     cm.main(_argv(tiny, out, "--sweep", "--sweep-steps", "2", "--minutes", "10", methods="refl", seeds=1))
     trials = pd.read_csv(out / "sweep" / "sweep.csv")
-    assert len(trials) == 5 and list(trials["lr"][:3]) == list(study.SWEEP_LRS)
-    assert set(trials["knob"]) == {"refl.first_fraction"} and (trials["state"] == "finished").all()
+    assert list(trials["lr"][:3]) == list(study.SWEEP_LRS) and (trials["state"] == "finished").all()
+    assert set(trials["knob"]) == {"refl.first_fraction"} and trials["score"].map(math.isfinite).all()
+    assert {"diff", "diff_se", "tie"} <= set(trials.columns)
+    for run in trials["run"]:  # each trial scored on the held-out prompts with fresh noise, per asset
+        tune = pd.read_csv(out / "sweep" / "refl" / run / "tune.csv")
+        assert list(tune["seed"]) == [1000, 1001] and "reward/colorfulness_base" in tune
+    picks = pd.read_csv(out / "sweep" / "picks.csv")
+    assert list(picks.columns) == ["method", "knob", "values", "pick", "inside_grid", "ties"]
+    assert list(picks["knob"]) == ["lr", "refl.first_fraction"]
     chosen = json.loads((out / "sweep" / "chosen.json").read_text())["refl"]
-    best = trials[trials["lr"] == chosen["lr"]]["score"].max()
-    assert chosen["picked_score"] == pytest.approx(best)
+    lr_axis = chosen["axes"][0]
+    assert lr_axis["pick"] == chosen["lr"] and set(study.SWEEP_LRS) <= set(lr_axis["values"])
+    if not lr_axis["inside_grid"]:  # an edge pick means the grid extended as far as it may
+        assert len(lr_axis["values"]) == 3 + study.sweep.MAX_EXTEND or chosen["lr"] in (1e-5, 1e-2)
+    best = trials.loc[trials["score"].idxmax()]
+    assert trials[trials["run"] == best["run"]]["diff"].iloc[0] == 0
     config = json.loads((out / "runs" / "refl" / "seed0" / "config.json").read_text())
     assert config["lr"] == chosen["lr"] and config["refl"]["first_fraction"] == chosen["value"]
     assert config["seed"] == 0 and json.loads((out / "sweep" / "refl" / trials["run"][0] / "config.json").read_text())["seed"] == 1000
     report = (out / "report.md").read_text()
-    assert "## Tuning" in report and f"lr {fmt(chosen['lr'])}, refl.first_fraction {fmt(chosen['value'])}" in report
+    assert "## Tuning" in report and f"| refl | lr | " in report and "| refl | refl.first_fraction |" in report
     assert "Not tested: nabla-r2d3 is not in this comparison" in report
     assert len(pd.read_csv(out / "summary.csv")) == 1
+
+
+def test_tuning_compares_trials_pairwise_and_extends_grids():
+    """A trial within 2 paired standard errors of the best is a tie; grids continue by the ladder or their ratio."""
+    rng = np.random.default_rng(0)
+    hard = rng.normal(0, 1, (24, 2))  # prompt x seed difficulty shared by every trial (same noise): pairing cancels it
+    deltas = {"a": hard + 0.10, "b": hard + 0.10 + rng.normal(0, 0.02, (24, 2)), "c": hard - 0.2}
+    best, rows = study.compare_trials(deltas, higher=True)
+    assert best in ("a", "b") and rows[best]["diff"] == 0 and not rows[best]["tie"]
+    other = "b" if best == "a" else "a"
+    assert rows[other]["tie"] and not rows["c"]["tie"] and rows["c"]["diff"] < -0.25
+    assert study.compare_trials({"a": deltas["a"], "c": deltas["c"]}, higher=False)[0] == "c"
+    from engine.study.sweep import LR_LADDER, beyond
+
+    assert beyond([3e-4, 1e-3, 3e-3], True, LR_LADDER) == 1e-4 and beyond([1e-3, 3e-3, 1e-2], False, LR_LADDER) is None
+    assert beyond([3e6, 3e7, 3e8], False) == 3e9 and beyond([0.5, 0.75, 0.9], True) == pytest.approx(0.333)
+    assert beyond([1, 2, 3], False) == 4.5 and beyond([-1, 0, 1], True) == -2
 
 
 @pytest.mark.parametrize("reward, span", [("colorfulness", 110.0), ("geometry", 1.0), ("alignment:1,geometry:0.5", 1.5)])
@@ -375,4 +408,6 @@ def test_convergence_is_not_timed_against_the_base():
     faster = study.claims(plan, table, info)[1]
     assert faster.startswith("**Faster convergence: not testable here.**") and "no baseline gain to race to" in faster
     table.loc[0, "delta_reward_mean"] = 0.02  # nabla-r2d3 above the base while no baseline is
-    assert study.claims(plan, table, info)[1].startswith("**Faster convergence: holds.**")
+    assert study.claims(plan, table, info)[1].startswith("**Faster convergence: not testable here.**")  # no interval
+    table["delta_reward_ci_low"], table["delta_reward_ci_high"] = [0.01, -0.1], [0.03, -0.05]
+    assert study.claims(plan, table, info)[1].startswith("**Faster convergence: reproduced.**")

@@ -9,7 +9,9 @@ One module per job:
   knobs the method declares) and every run's RunConfig; ``comparison.json`` and the resume check.
 - ``runs``: one run through the engine's trainer with a step and wall-clock budget, resumable, its reward
   images counted (``<run>.status.json``, ``<run>.rewards.csv``).
-- ``sweep``: the same small sweep for every method (``sweep/sweep.csv``, ``sweep/chosen.json``).
+- ``sweep``: the same sweep for every method, scored on held-out prompts with fresh noise, grids extended until the
+  pick is inside (``sweep/sweep.csv``, ``sweep/picks.csv``, ``sweep/chosen.json``).
+- ``stats``: bootstrap intervals over prompts x training seeds and the verdict words.
 - ``summary``: finished runs read back, ``summary.csv``'s rows, steps to reach the best baseline, the claims.
 - ``report``: ``report.md``, the figures, the samples sheet.
 - ``cli``: the command line and the protocol (``python -m engine.study --help``).
@@ -27,13 +29,13 @@ from .plan import (
 from .report import SAMPLES_SCALE, figures, samples_sheet, write_report
 from .runs import run_is_done, train_run
 from .summary import NABLA, SUMMARY_COLUMNS, claims, reach, read_run, summarise
-from .sweep import PICK_LAST, SWEEP_LRS, read_sweep, run_sweep, sweep_method
+from .sweep import SWEEP_LRS, compare_trials, read_sweep, run_sweep, sweep_method
 
 __all__ = [
     "main", "parser", "run", "tune_and_train",
     "Plan", "UsageError", "NothingToSummarise", "MUST_MATCH", "prepare_out", "sweep_plan",
     "train_run", "run_is_done",
-    "run_sweep", "sweep_method", "read_sweep", "SWEEP_LRS", "PICK_LAST",
+    "run_sweep", "sweep_method", "read_sweep", "SWEEP_LRS", "compare_trials",
     "summarise", "read_run", "reach", "claims", "NABLA", "SUMMARY_COLUMNS",
     "write_report", "figures", "samples_sheet", "SAMPLES_SCALE",
 ]

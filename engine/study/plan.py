@@ -71,7 +71,7 @@ def heldout_reward(spec: str, weights: dict[str, str]):
     of the ensemble is this function of the per-term means), and whether higher is better. Also checks the
     spec can run and be evaluated."""
     from ..align.evaluate import DEFAULT_REWARDS
-    from ..rewards import list_rewards, normalise
+    from ..rewards import BUILT_IN, list_rewards, normalise
 
     try:
         terms = parse_ensemble(spec)
@@ -81,7 +81,7 @@ def heldout_reward(spec: str, weights: dict[str, str]):
     missing = [f"{n}: {infos[n].detail.rstrip('.')}" for n, _ in terms if not infos[n].available]
     if missing:
         raise UsageError(f"--reward {spec!r} cannot run here: {'; '.join(missing)}.")
-    scored = set(DEFAULT_REWARDS) | set(weights)
+    scored = set(DEFAULT_REWARDS) | set(BUILT_IN) | set(weights)  # the trainer's evaluation adds built-in trained terms
     unscored = [n for n, _ in terms if n not in scored]
     if unscored:
         raise UsageError(f"--reward {spec!r}: the evaluation does not score {unscored[0]!r}; give its weights with --reward-weights.")

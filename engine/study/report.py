@@ -11,12 +11,47 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.io import atomic_save, atomic_write_text
-from .fmt import fmt, log, num, pm
+from .fmt import fmt, log, num, pm, signed
 from .plan import Plan
 from .summary import claims
-from .sweep import PICK_LAST, SWEEP_LRS
+from .sweep import LR_LADDER, MAX_EXTEND, SWEEP_LRS, TIE_SE, TUNE_SEEDS
 
 DEFAULT_PROG = "python bench/compare_methods.py"  # the command the report echoes when the arguments do not say
+
+
+def ci(row: dict) -> str:
+    """' [low, high]' of a summary row's Δ reward interval, or nothing when its runs have no per-asset scores."""
+    lo, hi = row.get("delta_reward_ci_low", float("nan")), row.get("delta_reward_ci_high", float("nan"))
+    return f" [{signed(lo)}, {signed(hi)}]" if math.isfinite(lo) and math.isfinite(hi) else ""
+
+
+def tuning_section(plan: Plan, chosen: dict, sweep_rows: list[dict]) -> list[str]:
+    """The sweep: how it ran, each method's axes with their picks, whether each is inside its grid, and ties."""
+    a = plan.args
+    lines = ["## Tuning (the same sweep for every method)", "",
+             f"Each method: learning rates {{{', '.join(map(fmt, SWEEP_LRS))}}} at its default knobs, then at the picked "
+             f"learning rate the values of one knob of its own; a grid whose best sits at an end is extended (at most "
+             f"{MAX_EXTEND} times; learning rates along {', '.join(map(fmt, LR_LADDER))}). {plan.sweep_steps} steps per trial, "
+             f"seed {a.sweep_seed}. Each trial is scored by the paired change of the held-out reward from the base on the "
+             f"held-out prompts with fresh noise (seeds {', '.join(map(str, TUNE_SEEDS))}, never the final evaluation's); "
+             f"each trial's difference from the best is given ± its paired standard error over prompts, and a trial within "
+             f"{TIE_SE:g} standard errors of the best is a **tie**: the pick is then not better than it at this budget.", "",
+             "| method | axis | values tried | pick | inside the grid | ties with the pick |", "|---|---|---|---|---|---|"]
+    for m in plan.methods:
+        for ax in chosen.get(m, {}).get("axes", []):
+            inside = "yes" if ax["inside_grid"] else "**no: at the edge** (the next value failed, was refused or is past the ladder)"
+            lines.append(f"| {m} | {ax['knob']} | {', '.join(map(fmt, ax['values']))} | {fmt(ax['pick'])} | {inside} | "
+                         f"{', '.join(map(fmt, ax['ties'])) or 'none'} |")
+    lines += ["", "Trials (setting: held-out change; difference from the method's best ± SE):", ""]
+    for m in plan.methods:
+        rows = [t for t in sweep_rows if t["method"] == m]
+        if rows:
+            lines.append(f"- {m}: " + "; ".join(
+                f"lr {fmt(t['lr'])}" + (f", {str(t['knob']).split('.')[-1]} {fmt(t['value'])}" if t["knob"] != "(none)" else "")
+                + (f": {num(t['score'])} ({num(t['diff'], 2)} ± {num(t['diff_se'], 2)}{', tie' if t['tie'] else ''})"
+                   if t["state"] == "finished" and math.isfinite(t["score"]) else f": {t['state']}")
+                for t in rows))
+    return lines + [""]
 
 
 def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_paths: list[str], png: bool,
@@ -39,23 +74,7 @@ def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_
         "",
     ]
     if a.sweep:
-        lines += ["## Tuning (the same sweep for every method)", "",
-                  f"Each method: {len(SWEEP_LRS)} learning rates ({', '.join(map(fmt, SWEEP_LRS))}) at its default knobs, "
-                  f"then at the picked learning rate the other values of one knob of its own; {plan.sweep_steps} steps per run, "
-                  f"seed {a.sweep_seed}, no evaluation; picked by the final training reward (mean batch reward of the last "
-                  f"{PICK_LAST} steps, step 1 excluded: it is sampled before any update; ties keep the earlier setting).", "",
-                  "| method | swept | picked | training reward of the pick | trials (setting: score) |", "|---|---|---|---|---|"]
-        for m in plan.methods:
-            if m not in chosen:
-                continue
-            c = chosen[m]
-            values = ", ".join(map(fmt, plan.knob_values(m)))
-            trials = "; ".join(f"lr {fmt(t['lr'])}, {t['knob'].split('.')[-1]} {fmt(t['value'])}: "
-                               f"{num(t['score']) if t['state'] == 'finished' else t['state']}"
-                               for t in sweep_rows if t["method"] == m)
-            lines.append(f"| {m} | lr {{{', '.join(map(fmt, SWEEP_LRS))}}}, {c['knob']} {{{values}}} | "
-                         f"lr {fmt(c['lr'])}, {c['knob']} {fmt(c['value'])} | {num(c['picked_score'])} | {trials} |")
-        lines.append("")
+        lines += tuning_section(plan, chosen, sweep_rows)
     base = info["base"]
     lines += ["## Results (held-out prompts, mean ± std over seeds)", "",
               "| method | final reward | Δ reward vs base | steps (and seconds) to reach the best baseline's final reward | "
@@ -70,11 +89,13 @@ def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_
         reach_ = "— (no gain)" if not info["gained"] else "never" if not math.isfinite(r["steps_to_best_baseline"]) else \
             f"{num(r['steps_to_best_baseline'])} ({num(r['seconds_to_best_baseline'], 3)} s)"
         lines.append(f"| {r['method']} | {pm(r['final_reward_mean'], r['final_reward_std'])} | "
-                     f"{pm(r['delta_reward_mean'], r['delta_reward_std'])} | {reach_} | "
+                     f"{pm(r['delta_reward_mean'], r['delta_reward_std'])}{ci(r)} | {reach_} | "
                      f"{pm(r['alignment_delta_mean'], r['alignment_delta_std'])} | "
                      f"{pm(r['category_acc_delta_mean'], r['category_acc_delta_std'])} | "
                      f"{pm(r['kid_vs_base_mean'], r['kid_vs_base_std'])} | {pm(r['diversity_delta_mean'], r['diversity_delta_std'])} |")
     bb = info["best_baseline"]
+    lines += ["", "Δ reward's bracket: its 95% bootstrap interval over prompts x training seeds (per-asset scores paired "
+              "with the base's: same prompts, seeds and noise)."]
     lines += ["", f"Best baseline: {bb or '—'} (final held-out reward {num(info['target'])}). \"Steps to reach\" is the first "
               f"evaluated step where the seed-mean held-out reward reaches it (seconds: training time at that step, seed mean); "
               "\"never\": not within the budget; \"— (no gain)\": no baseline ended above the base, so there is nothing to "

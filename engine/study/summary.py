@@ -7,16 +7,18 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..align.methods.nabla import NablaR2D3
+from . import stats
 from .fmt import num, pm, signed
 from .plan import NothingToSummarise, Plan
 
 NABLA = NablaR2D3.name  # the method whose claims are checked; every other method is a baseline
 SUMMARY_COLUMNS = [
     "method", "n_seeds", "n_failed", "steps", "seconds", "reward_images",
-    "final_reward_mean", "final_reward_std", "delta_reward_mean", "delta_reward_std",
+    "final_reward_mean", "final_reward_std", "delta_reward_mean", "delta_reward_std", "delta_reward_ci_low", "delta_reward_ci_high",
     "steps_to_best_baseline", "seconds_to_best_baseline",
     "alignment_delta_mean", "alignment_delta_std", "category_acc_delta_mean", "category_acc_delta_std",
     "kid_vs_base_mean", "kid_vs_base_std", "diversity_delta_mean", "diversity_delta_std",
@@ -43,10 +45,36 @@ def read_run(folder: Path, heldout) -> dict | None:
     if not (ev["label"] == "base").any() or runs.empty:
         return {"status": {**status, "error": "no base and run rows in eval.csv (evaluation turned off?)"}}
     base = ev[ev["label"] == "base"].iloc[-1]
+    assets = _final_assets(folder, heldout, int(runs.iloc[-1]["step"]))
     curve = pd.DataFrame({"step": [0, *runs["step"].astype(int)], "heldout": [base["heldout"], *runs["heldout"]],
                           "alignment": [base["alignment"], *runs["alignment"]]})
     curve["seconds"] = [wall.get(int(s), float("nan")) for s in curve["step"]]
-    return {"status": status, "base": base, "final": runs.iloc[-1], "curve": curve}
+    return {"status": status, "base": base, "final": runs.iloc[-1], "curve": curve, "assets": assets}
+
+
+PAIRED = ("heldout", "alignment", "category_ok")  # per-asset measures whose deltas get intervals
+
+
+def _final_assets(folder: Path, heldout, step: int) -> pd.DataFrame | None:
+    """The final evaluation's assets beside the base's (prompt, seed, the ``PAIRED`` measures and their
+    ``_base`` twins), or None for a run evaluated before eval_assets.csv existed."""
+    path = folder / "eval_assets.csv"
+    if not path.exists():
+        return None
+    rows = pd.read_csv(path).drop_duplicates(["step", "label", "prompt", "seed"], keep="last")
+    rows["heldout"] = [heldout(r) for _, r in rows.iterrows()]
+    final, base = rows[(rows["label"] == "run") & (rows["step"] == step)], rows[rows["label"] == "base"]
+    if final.empty or base.empty:
+        return None
+    keep = ["prompt", "seed", *PAIRED]
+    return stats.paired_assets(final[keep], base[keep])
+
+
+def method_cells(runs: list[dict]) -> dict[str, np.ndarray] | None:
+    """{measure: [training seeds, prompts] deltas} of one method's runs, or None when a run lacks per-asset scores."""
+    if not runs or any(r.get("assets") is None for r in runs):
+        return None
+    return {m: stats.cell_deltas([r["assets"] for r in runs], m) for m in PAIRED}
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -80,7 +108,7 @@ def reach(curve: pd.DataFrame, target: float, higher: bool) -> tuple[float, floa
 def summarise(plan: Plan, chosen: dict) -> tuple[pd.DataFrame, dict]:
     """The summary table (``SUMMARY_COLUMNS``, one row per method) and what the report and figures need:
     per-method runs and curves, the base, the best baseline and its final reward (the target), notes."""
-    per_method, curves, notes = {}, {}, []
+    per_method, curves, cells, notes = {}, {}, {}, []
     for m in plan.methods:
         runs, failed = [], []
         for seed in plan.seeds:
@@ -95,6 +123,7 @@ def summarise(plan: Plan, chosen: dict) -> tuple[pd.DataFrame, dict]:
         per_method[m] = (runs, failed)
         if runs:
             curves[m] = mean_curve(runs)
+            cells[m] = method_cells(runs)
     bases = [r["base"] for runs, _ in per_method.values() for r in runs]
     if not bases:
         raise NothingToSummarise("No run finished with an evaluation (see the *.status.json files under runs/); "
@@ -128,19 +157,23 @@ def summarise(plan: Plan, chosen: dict) -> tuple[pd.DataFrame, dict]:
                             ("kid_vs_base", lambda r: r["final"]["kid_vs_base"]),
                             ("diversity_delta", lambda r: r["final"]["diversity"] - r["base"]["diversity"])):
                 row[f"{key}_mean"], row[f"{key}_std"] = mean_std([fn(r) for r in runs])
+            if cells[m] is not None:  # the interval of Δ over prompts x training seeds
+                _, row["delta_reward_ci_low"], row["delta_reward_ci_high"] = stats.interval(cells[m]["heldout"])
             row["steps_to_best_baseline"], row["seconds_to_best_baseline"] = (
                 reach(curves[m], target, higher) if gained else (float("nan"), float("nan")))
         row["base_reward"] = base["heldout"]
         row["setting"] = " ".join(chosen[m]["overrides"]) if m in chosen else ""
         rows.append(row)
     table = pd.DataFrame(rows).reindex(columns=SUMMARY_COLUMNS)
-    info = {"per_method": per_method, "curves": curves, "base": base, "best_baseline": best_baseline, "target": target, "gained": gained,
+    info = {"per_method": per_method, "curves": curves, "cells": cells, "base": base, "best_baseline": best_baseline, "target": target, "gained": gained,
             "notes": notes}
     return table, info
 
 
 def claims(plan: Plan, table: pd.DataFrame, info: dict) -> list[str]:
-    """The paper's three claims against the best baseline, each 'holds' / 'does not hold' with the numbers."""
+    """The paper's three claims against the best baseline, each worded "reproduced", "not reproduced at this
+    budget" or "contradicted" (engine.study.stats.verdict) from 95% bootstrap intervals over prompts x training
+    seeds. A run without per-asset scores gets no interval and so no verdict either way."""
     rows = {r["method"]: r for r in table.to_dict("records")}
     bb = info["best_baseline"]
     nab = rows.get(NABLA)
@@ -150,56 +183,70 @@ def claims(plan: Plan, table: pd.DataFrame, info: dict) -> list[str]:
         return [f"Not tested: {why}."]
     b = rows[bb]
     higher = plan.higher_is_better
-    better = (lambda x, y: x > y) if higher else (lambda x, y: x < y)
+    cells = info.get("cells", {})
+    paired = cells.get(NABLA) is not None and cells.get(bb) is not None
+    no_interval = " No interval: some runs predate per-asset scores (eval_assets.csv); evaluate them again for a verdict."
     out = []
     # 1. higher reward
     gap = nab["final_reward_mean"] - b["final_reward_mean"]
-    spread = max((s for s in (nab["final_reward_std"], b["final_reward_std"]) if math.isfinite(s)), default=float("nan"))
-    verdict = "holds" if better(nab["final_reward_mean"], b["final_reward_mean"]) else "does not hold"
-    noise = f"; the gap is smaller than the seeds' std ({num(spread, 2)})" if math.isfinite(spread) and abs(gap) < spread else ""
+    if paired:
+        gap, lo, hi = stats.difference(cells[NABLA]["heldout"], cells[bb]["heldout"])
+        verdict, why = stats.verdict(lo, hi, higher), f"gap {signed(gap)}, 95% interval [{signed(lo)}, {signed(hi)}] over prompts x seeds"
+    else:
+        verdict, why = stats.NOT_AT_BUDGET, f"gap {signed(gap)}"
     out.append(f"**Higher reward: {verdict}.** Final held-out reward: {NABLA} {pm(nab['final_reward_mean'], nab['final_reward_std'])} "
-               f"vs the best baseline, {bb}, {pm(b['final_reward_mean'], b['final_reward_std'])} (gap {signed(gap)}{noise}; "
-               f"base {num(info['base']['heldout'])}).")
-    # 2. faster convergence
+               f"vs the best baseline, {bb}, {pm(b['final_reward_mean'], b['final_reward_std'])} ({why}; "
+               f"base {num(info['base']['heldout'])})." + ("" if paired else no_interval))
+    # 2. faster convergence: steps to a target are point estimates at the evaluation's resolution (no interval), so
+    # this claim is at most "reproduced" in the point estimate, never "contradicted"
     ns, nsec = nab["steps_to_best_baseline"], nab["seconds_to_best_baseline"]
     bs, bsec = b["steps_to_best_baseline"], b["seconds_to_best_baseline"]
     target = num(info["target"])
     if not info["gained"]:
-        nab_gain = nab["delta_reward_mean"] * (1 if higher else -1)
-        out.append(f"**Faster convergence: {'holds' if nab_gain > 0 else 'not testable here'}.** No baseline's final "
+        lo = nab.get("delta_reward_ci_low", float("nan")) if higher else -nab.get("delta_reward_ci_high", float("nan"))
+        gained = math.isfinite(lo) and lo > 0
+        out.append(f"**Faster convergence: {'reproduced' if gained else 'not testable here'}.** No baseline's final "
                    f"held-out reward beat the base's (best: {bb}, {target} vs base {num(info['base']['heldout'])}), so there "
                    f"is no baseline gain to race to; {NABLA}'s final reward is "
-                   f"{'above the base' if nab_gain > 0 else 'not above the base either'} (Δ {signed(nab['delta_reward_mean'])}).")
+                   f"{'above the base beyond its interval' if gained else 'not above the base beyond its interval'} "
+                   f"(Δ {signed(nab['delta_reward_mean'])}).")
     elif not math.isfinite(ns):
-        out.append(f"**Faster convergence: does not hold.** {NABLA} never reached the best baseline's final reward ({target}) "
+        out.append(f"**Faster convergence: {stats.NOT_AT_BUDGET}.** {NABLA} never reached the best baseline's final reward ({target}) "
                    f"within {num(nab['steps'])} steps ({num(nab['seconds'], 3)} s); {bb} reached it at step {num(bs)} "
                    f"({num(bsec, 3)} s).")
     else:
-        by_steps = "holds" if ns < bs else "does not hold"
-        by_time = "holds" if math.isfinite(bsec) and nsec < bsec else "does not hold"
-        out.append(f"**Faster convergence: {by_steps}** in optimiser steps, **{by_time}** in wall time. Steps (training seconds) "
-                   f"to reach {bb}'s final reward {target}: {NABLA} {num(ns)} ({num(nsec, 3)} s), {bb} {num(bs)} "
-                   f"({num(bsec, 3)} s). Evaluated every {plan.eval_every} steps, so steps are known to that resolution.")
+        by_steps = "reproduced" if ns < bs else stats.NOT_AT_BUDGET
+        by_time = "reproduced" if math.isfinite(bsec) and nsec < bsec else stats.NOT_AT_BUDGET
+        out.append(f"**Faster convergence: {by_steps}** in optimiser steps, **{by_time}** in wall time (point estimates). "
+                   f"Steps (training seconds) to reach {bb}'s final reward {target}: {NABLA} {num(ns)} ({num(nsec, 3)} s), "
+                   f"{bb} {num(bs)} ({num(bsec, 3)} s). Evaluated every {plan.eval_every} steps, so steps are known to that resolution.")
     # 3. less forgetting. A measure the run was trained to raise is not something it can forget: with
     # alignment in the reward, a smaller alignment gain is the reward gap again, not better retention.
-    measures = [("alignment Δ", "alignment_delta_mean", True), ("category acc Δ", "category_acc_delta_mean", True),
-                ("KID vs base", "kid_vs_base_mean", False), ("diversity Δ", "diversity_delta_mean", True)]
+    measures = [("alignment Δ", "alignment_delta_mean", "alignment", True), ("category acc Δ", "category_acc_delta_mean", "category_ok", True),
+                ("KID vs base", "kid_vs_base_mean", None, False), ("diversity Δ", "diversity_delta_mean", None, True)]
     trained = "alignment" in plan.reward_terms
     if trained:
         measures = measures[1:]
-    parts, wins, known = [], 0, 0
-    for label, key, up in measures:
+    parts, words = [], []
+    for label, key, cell, up in measures:
         x, y = nab[key], b[key]
         if not (math.isfinite(x) and math.isfinite(y)):
             parts.append(f"{label} not measured")
             continue
-        known += 1
-        ok = x >= y if up else x <= y
-        wins += ok
-        parts.append(f"{label} {signed(x)} vs {signed(y)} ({'as good or better' if ok else 'worse'})")
-    verdict = "holds" if known and wins == known else "does not hold"
-    out.append(f"**Less forgetting: {verdict}** ({NABLA} as good as or better than {bb} on {wins} of {known} measures): "
-               f"{'; '.join(parts)}. A method that moves the reward less usually also forgets less; read this with the reward gap."
+        if paired and cell is not None:
+            _, lo, hi = stats.difference(cells[NABLA][cell], cells[bb][cell])
+            word = stats.verdict(lo, hi, up)
+            words.append(word)
+            parts.append(f"{label} {signed(x)} vs {signed(y)} (difference in [{signed(lo)}, {signed(hi)}]: "
+                         f"{'better' if word == stats.REPRODUCED else 'worse' if word == stats.CONTRADICTED else 'a tie'})")
+        else:  # set-level measures (KID, diversity) have no per-asset cells: shown, not judged
+            parts.append(f"{label} {signed(x)} vs {signed(y)} ({'as good or better' if (x >= y if up else x <= y) else 'worse'}; no interval)")
+    verdict = (stats.CONTRADICTED if stats.CONTRADICTED in words and stats.REPRODUCED not in words else
+               stats.REPRODUCED if stats.REPRODUCED in words and stats.CONTRADICTED not in words else stats.NOT_AT_BUDGET)
+    out.append(f"**Less forgetting: {verdict}** ({NABLA} vs {bb}; judged on the measures with per-asset intervals: better on one "
+               f"and worse on none is reproduced, the reverse contradicted): {'; '.join(parts)}. A method that moves the reward less "
+               "usually also forgets less; read this with the reward gap."
                + (" Alignment Δ is left out: alignment is part of the trained reward. Category accuracy comes from the same "
-                  "evaluator, so training for alignment can raise it too." if trained else ""))
+                  "evaluator, so training for alignment can raise it too." if trained else "")
+               + ("" if paired else no_interval))
     return out
