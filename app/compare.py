@@ -301,13 +301,15 @@ def best_of(column: dict[str, tuple[float, float | None]]) -> tuple[str, list[st
 
 
 def forgetting(name: str, reward: str, deltas: dict[str, tuple[float, float | None]]) -> list[str]:
-    """Warnings for measures ``name`` was not trained for and lost: each whole interval below 0; plain drops
-    without an interval in one line, as possible."""
+    """Warnings for measures ``name`` was not trained for and lost (forgetting): each whole interval below 0; plain
+    drops without an interval in one line, as possible. Also a loss on a measure it was trained for."""
     trained, out, maybe = trained_measures(reward), [], []
     for m, (d, se) in deltas.items():
+        what = MEASURES[m].removeprefix("Δ ")
+        if m in trained and se is not None and d + Z * se < 0:
+            out.append(f"⚠️ {name} lost {what}, which it was trained for: Δ {_cell(d, se)}.")
         if m in trained or d >= 0:
             continue
-        what = MEASURES[m].removeprefix("Δ ")
         if se is not None and d + Z * se < 0:
             out.append(f"⚠️ **Forgetting**: {name} (trained on {reward}) lost {what}: Δ {_cell(d, se)}, the whole interval below 0.")
         elif se is None:

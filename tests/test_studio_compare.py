@@ -319,3 +319,8 @@ def test_best_cell_tie_and_forgetting(tmp_path):
     assert "Possible forgetting: run: old (trained on colorfulness) dropped geometry -0.1 (no interval" in verdict
     assert "run: geo (trained on geometry) lost" not in verdict  # geo's alignment interval reaches above 0
     assert eval_table([Entry("base", "base")])[0].empty
+    from app.compare import forgetting
+
+    assert forgetting("g", "geometry", {"reward/geometry": (-0.07, 0.02)}) == [
+        "⚠️ g lost geometry, which it was trained for: Δ -0.07 ± 0.039."]
+    assert forgetting("g", "geometry", {"reward/alignment": (-0.01, 0.01)}) == []  # the interval reaches 0
