@@ -324,3 +324,29 @@ def test_best_cell_tie_and_forgetting(tmp_path):
     assert forgetting("g", "geometry", {"reward/geometry": (-0.07, 0.02)}) == [
         "⚠️ g lost geometry, which it was trained for: Δ -0.07 ± 0.039."]
     assert forgetting("g", "geometry", {"reward/alignment": (-0.01, 0.01)}) == []  # the interval reaches 0
+
+
+def test_an_evaluation_waits_for_a_finetune_and_can_be_withdrawn(tmp_path, monkeypatch):
+    """One job on the CPU at a time: an evaluation waits while a finetune trains or waits (saying so), and a stop
+    then ends it before anything is loaded."""
+    from app import catalogue
+    from app.catalogue import Entry
+    from app.evaluations import Evaluations, result_path
+
+    monkeypatch.setattr(catalogue, "_catalogue", catalogue.Catalogue(tmp_path / "runs"))
+    adapter = tmp_path / "uploads" / "u"
+    adapter.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (adapter / name).write_bytes(b"{}")
+    loads = []
+    evals = Evaluations(make_model=lambda: loads.append(1), busy=lambda: "refl-colorfulness-1")
+    job = evals.submit(Entry("upload: u", "upload", adapter))
+    assert evals.submit(Entry("upload: u", "upload", adapter)) is job  # a second click follows the same job
+    for _ in range(100):
+        if "waiting for the finetune refl-colorfulness-1" in job.info["phase"]:
+            break
+        time.sleep(0.05)
+    assert job.info["phase"] == "waiting for the finetune refl-colorfulness-1 to end"
+    evals.queue.stop(job.name)
+    assert evals.queue.wait_idle(10) and job.state == "stopped" and not loads
+    assert result_path(Entry("upload: u", "upload", adapter)) == tmp_path / "evaluations" / "upload-u" / "compare_eval.json"
