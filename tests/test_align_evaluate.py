@@ -91,7 +91,7 @@ def test_base_cache_samples_the_base_once_per_setting(tmp_path, monkeypatch):
     assert len(list(tmp_path.glob("base-*.safetensors"))) == 1
     calls = []
     original = RunEvaluator._sample_and_score
-    monkeypatch.setattr(RunEvaluator, "_sample_and_score", lambda self: calls.append(1) or original(self))
+    monkeypatch.setattr(RunEvaluator, "_sample_and_score", lambda self, **kw: calls.append(1) or original(self, **kw))
     again = RunEvaluator(model, settings(), base_cache=tmp_path)
     assert calls == [] and same(again.base_metrics(), first.base_metrics())
     assert same(without_time(again.evaluate()), without_time(first.evaluate()))  # the run is still scored against it
@@ -231,3 +231,16 @@ def test_paired_change_is_over_prompts():
     mean, se = paired_change(now, base)  # per-prompt changes 3, 0, 2
     assert mean == pytest.approx(5 / 3) and se == pytest.approx(torch.tensor([3.0, 0, 2]).std().item() / 3 ** 0.5)
     assert math.isnan(paired_change(now[:1], base[:1])[1])
+
+
+def test_eps_kl_measures_the_adapters_distance_to_the_base_along_its_own_samples():
+    model = random_model()
+    ev = RunEvaluator(model, settings(eps_kl=True))
+    assert ev.base_metrics()["eps_kl"] == 0 and "eps_kl" in ev.metric_names()
+    torch.manual_seed(3)
+    lora.add_lora(model, rank=2, init="random")
+    tuned = ev.evaluate()
+    assert tuned["eps_kl"] > 0 and list(tuned) == ev.metric_names()
+    assert all(r["eps_kl"] > 0 for r in ev.asset_rows("run"))
+    lora.set_adapter_scale(model, "default", 0.0)  # the base's own weights again: no distance
+    assert ev.evaluate()["eps_kl"] == pytest.approx(0, abs=1e-10)

@@ -18,6 +18,8 @@ one flat dict of floats with stable names (the trainer appends them to ``eval.cs
 - ``dnc``: depth-normal consistency of the renders (the geometry reward with its defaults).
 - ``seconds_per_asset``: sampling + decoding time per asset (the only figure that is not reproducible).
 - ``assets``: prompts x seeds.
+- ``eps_kl`` (with ``eps_kl=True``): mean over the sampler's steps of mean (ε_θ − ε_base)² at the states the model
+  itself visited (guided ε; the base's at the same inputs): the ε-space KL to the base up to the sampler's weights.
 - ``delta/<m>`` and ``delta_se/<m>`` for every reward, ``alignment`` and ``dnc``: the paired change from the base
   (same prompts, seeds and noise), the mean over prompts of each prompt's mean difference over its seeds, and
   that mean's standard error over prompts (prompts are the unit sampled; seeds of one prompt are not
@@ -82,6 +84,7 @@ class EvalSettings:
     resolution: int = 128  # render size of the evaluation views
     batch_size: int = 8  # assets sampled together (changes the numbers only by float round-off)
     evaluator: str | None = None  # the judging evaluator's folder (None: checkpoints/tiny-base/evaluator)
+    eps_kl: bool = False  # also the ε-space distance to the base along each sample's own trajectory (one more pass per step)
 
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str) or not self.prompts:
@@ -117,6 +120,7 @@ class _Scores:
     dnc: Tensor  # [A]
     rewards: dict[str, Tensor]  # name -> [A]
     seconds: float  # sampling + decoding, all assets
+    eps_kl: Tensor | None = None  # [A] with settings.eps_kl
 
 
 class RunEvaluator:
@@ -149,7 +153,7 @@ class RunEvaluator:
         self.base = _load_scores(cached, tuple(self.rewards)) if cached else None
         if self.base is None:
             with lora.adapters_disabled(model):
-                self.base = self._sample_and_score()
+                self.base = self._sample_and_score(base=True)
             if cached:
                 _save_scores(self.base, cached)
         self._base_metrics = self._summarise(self.base)
@@ -184,18 +188,20 @@ class RunEvaluator:
         S = len(self.settings.seeds)
         columns = {**{f"reward/{n}": v for n, v in scores.rewards.items()}, "alignment": scores.alignment, "dnc": scores.dnc,
                    "category_ok": scores.category_ok, "color_ok": scores.color_ok}
+        if scores.eps_kl is not None:
+            columns["eps_kl"] = scores.eps_kl
         return [{"prompt": a // S, "seed": self.settings.seeds[a % S], **{k: float(v[a]) for k, v in columns.items()}}
                 for a in range(len(scores.alignment))]
 
     def metric_names(self) -> list[str]:
         """The metric keys every call returns, in order."""
         paired = [f"reward/{n}" for n in self.rewards] + ["alignment", "dnc"]
-        return ([f"reward/{n}" for n in self.rewards] + list(FIXED_METRICS)
+        return ([f"reward/{n}" for n in self.rewards] + list(FIXED_METRICS) + (["eps_kl"] if self.settings.eps_kl else [])
                 + [f"{kind}/{m}" for m in paired for kind in ("delta", "delta_se")])
 
     # -- sampling and scoring ------------------------------------------------------------------------
     @torch.no_grad()
-    def _sample_and_score(self) -> _Scores:
+    def _sample_and_score(self, base: bool = False) -> _Scores:
         s = self.settings
         pairs = [(i, seed) for i in range(len(s.prompts)) for seed in s.seeds]
         parts: dict[str, list[Tensor]] = {}
@@ -203,13 +209,30 @@ class RunEvaluator:
         for start in range(0, len(pairs), s.batch_size):
             chunk = pairs[start:start + s.batch_size]
             prompts = [s.prompts[i] for i, _ in chunk]
-            gen = generate(self.model, prompts, [seed for _, seed in chunk], steps=s.steps, guidance=s.guidance)
+            gen = generate(self.model, prompts, [seed for _, seed in chunk], steps=s.steps, guidance=s.guidance, record=s.eps_kl)
             seconds += gen.seconds
-            for key, value in self._score_batch(gen.gaussians, [i for i, _ in chunk], prompts).items():
+            scores = self._score_batch(gen.gaussians, [i for i, _ in chunk], prompts)
+            if s.eps_kl:  # the base against itself is 0 by definition: no second pass
+                scores["eps_kl"] = torch.zeros(len(chunk)) if base else self._eps_kl(gen.trajectory, prompts)
+            for key, value in scores.items():
                 parts.setdefault(key, []).append(value.cpu())
         cat = {k: torch.cat(v) for k, v in parts.items()}
         rewards = {n: cat.pop(f"reward/{n}") for n in self.rewards}
         return _Scores(rewards=rewards, seconds=seconds, **cat)
+
+    def _eps_kl(self, traj, prompts: list[str]) -> Tensor:
+        """[B] mean over a trajectory's steps of mean (ε_θ − ε_base)² at the states the model visited (guided ε as
+        sampled; the base's at the same inputs): the ε-space KL to the base, up to the sampler's weights."""
+        from .rollout import guided_eps
+
+        B, N = traj.latents.shape[:2]
+        model, guidance = self.model, traj.guidance
+        cond, uncond = model.encode_prompts(prompts), model.encode_prompts([""])
+        rows = torch.arange(B).repeat_interleave(N)
+        x, t = traj.latents.flatten(0, 1), traj.timesteps.repeat(B)  # asset-major, as the latents
+        with lora.adapters_disabled(model):
+            ref = guided_eps(model, x, t, cond.select(rows), uncond.repeat(B * N), guidance)
+        return (traj.model_outputs.flatten(0, 1).float() - ref.float()).pow(2).flatten(1).mean(1).reshape(B, N).mean(1)
 
     def _score_batch(self, gaussians, prompt_idx: list[int], prompts: list[str]) -> dict[str, Tensor]:
         """Scores of B assets rendered from the evaluation views."""
@@ -242,6 +265,8 @@ class RunEvaluator:
         metrics["dnc"] = float(run.dnc.mean())
         metrics["seconds_per_asset"] = run.seconds / A
         metrics["assets"] = float(A)
+        if run.eps_kl is not None:
+            metrics["eps_kl"] = float(run.eps_kl.mean())
         paired = {**{f"reward/{n}": (v, self.base.rewards[n]) for n, v in run.rewards.items()},
                   "alignment": (run.alignment, self.base.alignment), "dnc": (run.dnc, self.base.dnc)}
         for name, (now, base) in paired.items():
@@ -269,6 +294,8 @@ _SCORE_FIELDS = ("features", "alignment", "category_ok", "color_ok", "dnc")
 def _save_scores(scores: _Scores, path: Path) -> None:
     tensors = {k: getattr(scores, k).contiguous() for k in _SCORE_FIELDS}
     tensors |= {f"reward/{n}": v.contiguous() for n, v in scores.rewards.items()}
+    if scores.eps_kl is not None:
+        tensors["eps_kl"] = scores.eps_kl.contiguous()
     atomic_save(path, lambda tmp: save_file(tensors, tmp, metadata={"seconds": repr(scores.seconds)}))
 
 
@@ -283,7 +310,8 @@ def _load_scores(path: Path, rewards: tuple[str, ...]) -> _Scores | None:
                 return None
             seconds = float(f.metadata()["seconds"])
             fields = {k: f.get_tensor(k) for k in _SCORE_FIELDS}
-            return _Scores(rewards={n: f.get_tensor(f"reward/{n}") for n in rewards}, seconds=seconds, **fields)
+            eps_kl = f.get_tensor("eps_kl") if "eps_kl" in names else None
+            return _Scores(rewards={n: f.get_tensor(f"reward/{n}") for n in rewards}, seconds=seconds, eps_kl=eps_kl, **fields)
     except (OSError, ValueError, KeyError, TypeError, SafetensorError):
         return None
 
