@@ -282,6 +282,27 @@ def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
     assert len(pd.read_csv(out / "summary.csv")) == 1
 
 
+def test_fronts_give_each_run_points_along_its_lora_scale_with_forgetting(tiny):
+    out = tiny / "fronts"
+    cm.main(_argv(tiny, out, "--fronts", methods="refl", seeds=2))
+    fronts = pd.read_csv(out / "fronts.csv")
+    assert list(fronts.columns[:7]) == ["reward", "method", "point", "alpha", "reward_delta", "ci_low", "ci_high"]
+    assert list(fronts["alpha"]) == [0.25, 0.5, 0.75, 1.0] and (fronts["n_seeds"] == 2).all()
+    assert (fronts["ci_low"] <= fronts["reward_delta"]).all() and (fronts["reward_delta"] <= fronts["ci_high"]).all()
+    assert (fronts["eps_kl"] > 0).all() and fronts["eps_kl"].is_monotonic_increasing  # further along α, further from the base
+    assert fronts["adapter"][0] == "runs/refl/seed0/adapter" and (out / fronts["adapter"][0]).exists()
+    # α = 1 is the adapter as trained: its change is the run's own final held-out change (same prompts, seeds, noise)
+    final = [pd.read_csv(out / "runs" / "refl" / f"seed{s}" / "eval.csv").query("label == 'run'").iloc[-1] for s in (0, 1)]
+    base = pd.read_csv(out / "runs" / "refl" / "seed0" / "eval.csv").query("label == 'base'").iloc[0]
+    own = sum(f["reward/colorfulness"] for f in final) / 2 - base["reward/colorfulness"]
+    assert fronts["reward_delta"].iloc[-1] == pytest.approx(own, rel=1e-4, abs=1e-4)
+    report = (out / "report.md").read_text()
+    assert "## Fronts" in report and "| refl | α=0.25 |" in report and (out / "figures" / "front.html").exists()
+    before = (out / "runs" / "refl" / "seed0" / "front.csv").stat().st_mtime_ns
+    cm.main(_argv(tiny, out, "--fronts", "--resume", methods="refl", seeds=2))  # kept: not evaluated again
+    assert (out / "runs" / "refl" / "seed0" / "front.csv").stat().st_mtime_ns == before
+
+
 def test_tuning_compares_trials_pairwise_and_extends_grids():
     """A trial within 2 paired standard errors of the best is a tie; grids continue by the ladder or their ratio."""
     rng = np.random.default_rng(0)

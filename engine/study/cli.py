@@ -9,12 +9,14 @@ reward scores is counted (``DIR/runs/<method>/seed<k>.rewards.csv``). The base's
 once and shared by every run (``DIR/base_eval/``, keyed by everything they depend on). Knobs the study does
 not set are the engine's defaults (Nabla-R2D3's β: 3e7 per unit of the reward's usual range).
 
-``--sweep``: fair tuning. Every method gets the same sweep of 5 short runs on the training prompts (seed
-``--sweep-seed``, ``--sweep-steps`` steps, no evaluation): 3 learning rates at the method's default
-knobs, then, at the picked learning rate, the two other values of the one knob its config declares a sweep
-grid for (``engine.align.knobs``; a method that declares none is swept over the learning rate only).
-A setting is picked by its final training reward (mean batch reward of the last 5 steps, never step 1,
-which is sampled before any update; ties: the earlier setting). The picked setting then runs with every seed.
+``--sweep``: fair tuning (engine.study.sweep). Every method gets the same sweep (seed ``--sweep-seed``,
+``--sweep-steps`` steps per trial): learning rates 3e-4, 1e-3, 3e-3 at its default knobs, then at the picked one the
+values of the knob its config declares a sweep grid for (``engine.align.knobs``); a grid whose best is at an end is
+extended. Trials are scored by a paired held-out evaluation on fresh noise, each with its difference from the best
+and its standard error; ties (within 2 SE) are flagged. The picked setting then runs with every seed.
+
+``--fronts``: every run's adapter again at LoRA scales 0.25, 0.5, 0.75 and 1 with four forgetting measures
+(engine.study.fronts): ``DIR/fronts.csv`` and a front figure.
 
 Writes ``DIR/summary.csv`` (one row per method), ``DIR/report.md`` (the table, the paper's three claims
 checked against the numbers) and plotly figures (``DIR/figures/*.html``; PNG too when kaleido is
@@ -33,6 +35,7 @@ import torch
 
 from ..align.config import RunConfig
 from ..align.methods import METHODS
+from .fronts import evaluate_fronts, front_table
 from .plan import NothingToSummarise, Plan, UsageError, prepare_out
 from .report import figures, samples_sheet, write_report
 from .runs import train_run
@@ -62,6 +65,9 @@ def parser(prog: str = "python -m engine.study", usage: str = USAGE) -> argparse
     p.add_argument("--sweep", action="store_true", help="tune every method with the same small sweep first")
     p.add_argument("--sweep-steps", type=int, help="steps of each sweep run (default: max(2, steps // 4))")
     p.add_argument("--sweep-seed", type=int, default=1000, help="the sweep runs' seed (default 1000: none of the final seeds)")
+    p.add_argument("--fronts", action="store_true",
+                   help="also each run's Pareto points: its adapter at LoRA scales 0.25-1 against four forgetting measures "
+                        "(fronts.csv, figures/front.html)")
     p.add_argument("--out", required=True, type=Path, help="the comparison folder")
     p.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                    help="any RunConfig field for every run, e.g. batch_size=2 eval_seeds=2 nabla.reg=0")
@@ -99,11 +105,16 @@ def run(args) -> pd.DataFrame:
         chosen, sweep_rows = read_sweep(args.out) if args.sweep else ({}, [])
     else:
         chosen, sweep_rows = tune_and_train(plan)
+    if args.fronts and not args.report_only:
+        evaluate_fronts(plan)
+    fronts = front_table(plan) if args.fronts else None
     table, info = summarise(plan, chosen)
     table.to_csv(args.out / "summary.csv", index=False)
-    figs, png = figures(plan, info)
+    if fronts is not None:
+        fronts.to_csv(args.out / "fronts.csv", index=False)
+    figs, png = figures(plan, info, fronts)
     sheet = samples_sheet(plan)
-    report = write_report(plan, table, info, chosen, figs, png, sweep_rows, sheet)
+    report = write_report(plan, table, info, chosen, figs, png, sweep_rows, sheet, fronts)
     shown = table[["method", "n_seeds", "steps", "final_reward_mean", "final_reward_std", "delta_reward_mean",
                    "steps_to_best_baseline", "alignment_delta_mean", "kid_vs_base_mean", "diversity_delta_mean"]]
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -12,6 +12,7 @@ import pandas as pd
 
 from ..core.io import atomic_save, atomic_write_text
 from .fmt import fmt, log, num, pm, signed
+from .fronts import front_figure
 from .plan import Plan
 from .summary import claims
 from .sweep import LR_LADDER, MAX_EXTEND, SWEEP_LRS, TIE_SE, TUNE_SEEDS
@@ -54,8 +55,23 @@ def tuning_section(plan: Plan, chosen: dict, sweep_rows: list[dict]) -> list[str
     return lines + [""]
 
 
+def fronts_section(fronts: pd.DataFrame) -> list[str]:
+    """Each method's points: the reward change with its interval beside what it cost."""
+    lines = ["", "## Fronts (each run's adapter at LoRA scale α; seed means)", "",
+             "| method | point | Δ reward [95% interval] | KID vs base | category acc Δ | alignment Δ | ε-space KL to base |",
+             "|---|---|---|---|---|---|---|"]
+    if fronts.empty:
+        return lines + ["| (no finished run has its front yet) | | | | | | |"]
+    for r in fronts.to_dict("records"):
+        lines.append(f"| {r['method']} | {r['point']} | {signed(r['reward_delta'])} [{signed(r['ci_low'])}, {signed(r['ci_high'])}] | "
+                     f"{num(r['kid_vs_base'], 3)} | {signed(r['category_acc_delta'], 3)} | {signed(r['alignment_delta'], 3)} | "
+                     f"{num(r['eps_kl'], 3)} |")
+    return lines + ["", "Alignment Δ is blank (—) when alignment is part of the trained reward. ε-space KL: mean (ε_θ − ε_base)² "
+                    "along the adapter's own samples. Machine-readable: fronts.csv."]
+
+
 def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_paths: list[str], png: bool,
-                 sweep_rows: list[dict], sheet: Path | None = None) -> Path:
+                 sweep_rows: list[dict], sheet: Path | None = None, fronts: pd.DataFrame | None = None) -> Path:
     a = plan.args
     cfg = plan.base_configs[plan.methods[0]]
     lines = [f"# Method comparison: reward `{a.reward}`", ""]
@@ -112,6 +128,8 @@ def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_
     for m, (_, failed) in info["per_method"].items():
         for seed, st in failed:
             lines.append(f"- {m} seed {seed} failed: {st.get('error') or st.get('state')}")
+    if fronts is not None:
+        lines += fronts_section(fronts)
     lines += ["", "## The paper's claims on this reward", ""]
     lines += [f"- {c}" for c in claims(plan, table, info)]
     lines += ["", "## Figures", ""]
@@ -157,7 +175,7 @@ def _rgba(hex_colour: str, alpha: float) -> str:
     return f"rgba({int(h[0:2], 16)}, {int(h[2:4], 16)}, {int(h[4:6], 16)}, {alpha})"
 
 
-def figures(plan: Plan, info: dict) -> tuple[list[str], bool]:
+def figures(plan: Plan, info: dict, fronts: pd.DataFrame | None = None) -> tuple[list[str], bool]:
     import plotly.graph_objects as go
 
     folder = plan.args.out / "figures"
@@ -198,6 +216,8 @@ def figures(plan: Plan, info: dict) -> tuple[list[str], bool]:
     fig.update_layout(title="reward vs text-object alignment<br><sup>held-out; each method from the base to its final "
                             "point, seed means</sup>", xaxis_title="alignment (evaluator cosine)", yaxis_title=title, template="plotly_white")
     made.append(("reward_vs_alignment", fig))
+    if fronts is not None and not fronts.empty:
+        made.append(("front", front_figure(plan, fronts, COLOURS)))
     png = importlib.util.find_spec("kaleido") is not None
     paths = []
     for name, fig in made:
