@@ -303,6 +303,16 @@ def test_fronts_give_each_run_points_along_its_lora_scale_with_forgetting(tiny):
     assert (out / "runs" / "refl" / "seed0" / "front.csv").stat().st_mtime_ns == before
 
 
+def test_draft_1_is_a_named_baseline_beside_draft_k():
+    plan = study.Plan(study.parser().parse_args(["--reward", "geometry", "--methods", "all", "--out", "unused",
+                                                 "--set", "draft.k=2"]))
+    assert plan.methods[-1] == "draft-1" and "draft" in plan.methods
+    cfg = plan.config("draft-1", 0)
+    assert cfg.method == "draft" and cfg.draft.k == 1  # pinned, whatever --set says
+    assert plan.config("draft", 0).draft.k == 2
+    assert plan.knob_fields("draft-1") == () and plan.knob_fields("draft") == ("draft.k",)  # its sweep: lr only
+
+
 def test_tuning_compares_trials_pairwise_and_extends_grids():
     """A trial within 2 paired standard errors of the best is a tie; grids continue by the ladder or their ratio."""
     rng = np.random.default_rng(0)
@@ -368,7 +378,7 @@ def test_a_newly_registered_method_joins_the_study_with_its_own_sweep(tmp_path):
         assert study.sweep_plan("toy-study", "colorfulness") == (("toystudy.gain",), (0.5, 1.0, 2.0))
         plan = study.Plan(study.parser().parse_args(["--reward", "colorfulness", "--methods", "all", "--sweep", "--out",
                                                      str(tmp_path)]))
-        assert plan.methods == list(METHODS) and plan.methods[-1] == "toy-study"
+        assert plan.methods == [*METHODS, "draft-1"] and plan.methods[-2] == "toy-study"  # named variants come last
         assert plan.knob_fields("toy-study") == ("toystudy.gain",) and plan.knob_values("toy-study") == (0.5, 1.0, 2.0)
         assert plan.base_configs["toy-study"].toystudy.gain == 1.0
     finally:

@@ -36,7 +36,7 @@ import torch
 from ..align.config import RunConfig
 from ..align.methods import METHODS
 from .fronts import evaluate_fronts, front_table
-from .plan import NothingToSummarise, Plan, UsageError, prepare_out
+from .plan import VARIANTS, NothingToSummarise, Plan, UsageError, prepare_out
 from .report import figures, samples_sheet, write_report
 from .runs import train_run
 from .summary import summarise
@@ -58,7 +58,8 @@ def parser(prog: str = "python -m engine.study", usage: str = USAGE) -> argparse
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(prog=prog)  # the report echoes the command
     p.add_argument("--reward", required=True, help="a reward or ensemble spec, e.g. geometry or 'alignment:1,geometry:0.5'")
-    p.add_argument("--methods", default="all", help=f"all, or a comma list of: {', '.join(METHODS)}")
+    p.add_argument("--methods", default="all", help=f"all, or a comma list of: {', '.join([*METHODS, *VARIANTS])} "
+                   "(draft-1: DRaFT with K pinned to 1, beside DRaFT-K)")
     p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per method (default 2)")
     p.add_argument("--steps", type=int, default=RunConfig().steps, help="optimiser steps per run (default %(default)s)")
     p.add_argument("--minutes", type=float, help="also stop a run after this much training wall time")

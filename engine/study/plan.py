@@ -25,16 +25,27 @@ class NothingToSummarise(RuntimeError):
     """Every run failed: exit status 1."""
 
 
+# Named baselines: a registered method with knobs pinned (its own run folders and row; swept over the learning
+# rate only). DRaFT-1 beside DRaFT-K (K tuned by --sweep): Nabla-R2D3 behaves like DRaFT-1 with a soft anchor
+# early on, so the comparison must show whether the anchor buys a better front.
+VARIANTS = {"draft-1": ("draft", ("draft.k=1",))}
+
+
+def registered(method: str) -> str:
+    """The registry name behind a study method name (a variant's base method)."""
+    return VARIANTS[method][0] if method in VARIANTS else method
+
+
 def parse_methods(text: str) -> list[str]:
-    """``all`` (every registered method, engine.align.methods.METHODS) or a comma list of method names."""
+    """``all`` (every registered method, engine.align.methods.METHODS, then the named variants) or a comma list."""
     names = [m.strip() for m in text.split(",") if m.strip()]
     if not names:
         raise UsageError("--methods is empty; give all or a comma list, e.g. refl,nabla-r2d3.")
     if names == ["all"]:
-        return list(METHODS)
-    unknown = [m for m in names if m not in METHODS]
+        return [*METHODS, *VARIANTS]
+    unknown = [m for m in names if m not in METHODS and m not in VARIANTS]
     if unknown:
-        raise UsageError(f"--methods: unknown method {unknown[0]!r}; choose all or from {', '.join(METHODS)}.")
+        raise UsageError(f"--methods: unknown method {unknown[0]!r}; choose all or from {', '.join([*METHODS, *VARIANTS])}.")
     return list(dict.fromkeys(names))
 
 
@@ -98,6 +109,8 @@ def sweep_plan(method: str, reward: str) -> tuple[tuple[str, ...], tuple]:
     """(dotted knobs set together, values) the study sweeps for ``method`` on ``reward``: the grid the method's
     config declares (engine.align.knobs.sweep_grid), values per unit of the reward's range divided by the
     reward's span (engine.rewards.reward_span). ((), ()) when it declares none: only the learning rate is swept."""
+    if method in VARIANTS:  # its defining knob is pinned: only the learning rate is tuned
+        return (), ()
     cls = METHODS[method]
     return sweep_grid(cls.config, cls.config_field, reward_span(reward))
 
@@ -154,10 +167,11 @@ class Plan:
     def config(self, method: str, seed: int, extra: list[str] = (), *, steps: int | None = None, sweep: bool = False) -> RunConfig:
         """A run's config: the study's settings, then --set, then the sweep's or the pick's ``extra``. Knobs left
         unset are the engine's (a per-reward-range default such as Nabla-R2D3's β is filled by RunConfig.validate)."""
-        own = [f"method={method}", f"reward={self.args.reward}", f"seed={seed}", f"steps={steps or self.steps}"]
+        own = [f"method={registered(method)}", f"reward={self.args.reward}", f"seed={seed}", f"steps={steps or self.steps}"]
+        pinned = list(VARIANTS[method][1]) if method in VARIANTS else []  # after --set: they define the variant
         sweep_sets = ["eval_every=0", "eval_at_end=false", "sample_every=0"] if sweep else []
         try:
-            cfg = RunConfig().apply_overrides(own + self._defaults() + self.sets + sweep_sets + list(extra))
+            cfg = RunConfig().apply_overrides(own + self._defaults() + self.sets + pinned + sweep_sets + list(extra))
             cfg.reward_weights.update(self.weights)
             return cfg.validate()
         except ValueError as err:
