@@ -83,12 +83,13 @@ def live_figure(frame: pd.DataFrame, heldout: pd.DataFrame, metrics: list[str], 
                 batch_size: int, steps: int, smoothing: float, shipped: list | None = None,
                 heldout_note: str = "") -> go.Figure:
     """Two panels over the optimiser steps. Top: the training reward (each step's batch mean as faint points, its
-    EMA as a line, the shipped runs of the reward dashed, the base's level: step 1's reward, sampled before any
-    update). Bottom: the held-out paired change from the base of ``metrics`` (eval.csv's ``delta/<m>``) with
-    ±1.96·SE error bars, 0 = the base. The legend sits above the plot, clear of the axis titles."""
+    EMA as a line; the shipped runs of the reward thin, grey and dashed, one legend entry). Bottom: the held-out
+    paired change from the base of ``metrics`` (eval.csv's ``delta/<m>``) with ±1.96·SE error bars, 0 = the base
+    (the honest base line: the training panel's first batch is 2 prompts, not the base's level). The legend sits
+    above the plot, clear of the axis titles."""
     from plotly.subplots import make_subplots
 
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.58, 0.42], vertical_spacing=0.13,
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.55, 0.45], vertical_spacing=0.13,
                         subplot_titles=(f"Training reward ({reward}), mean of each step's batch of {batch_size}",
                                         "Held-out: change vs the base, ± 95% interval" + (f" ({heldout_note})" if heldout_note else "")))
     colour = PALETTE[0]
@@ -98,9 +99,11 @@ def live_figure(frame: pd.DataFrame, heldout: pd.DataFrame, metrics: list[str], 
         fig.add_trace(go.Scatter(x=frame["step"], y=ema(frame["reward_mean"], smoothing), mode="lines",
                                  name=f"{label}: smoothed (EMA {smoothing:g})", line={"color": colour, "width": 2.5}),
                       row=1, col=1)
-        fig.add_hline(y=float(frame["reward_mean"].iloc[0]), line={"color": "#868e96", "dash": "dot"},
-                      annotation_text="base (step 1)", annotation_position="bottom right", row=1, col=1)
-    draw_curves(fig, shipped or [], row=1, col=1, colour=2)
+    drawn = [(name, f) for name, f, _ in shipped or [] if not f.empty and "reward_mean" in f]
+    for i, (name, f) in enumerate(drawn):
+        fig.add_trace(go.Scatter(x=f["step"], y=f["reward_mean"], mode="lines", name=f"shipped runs on {reward} ({len(drawn)})",
+                                 legendgroup="shipped", showlegend=i == 0, hovertext=name, hoverinfo="text+y",
+                                 line={"color": "#adb5bd", "width": 1, "dash": "dash"}), row=1, col=1)
     fig.add_hline(y=0, line={"color": "#868e96", "dash": "dot"}, annotation_text="base", annotation_position="bottom right",
                   row=2, col=1)
     runs = heldout[heldout["label"] == "run"] if "label" in heldout else heldout.iloc[0:0]
@@ -110,7 +113,7 @@ def live_figure(frame: pd.DataFrame, heldout: pd.DataFrame, metrics: list[str], 
         base = heldout[heldout["label"] == "base"].head(1)
         rows = pd.concat([base, runs]) if len(base) else runs  # the base's own point: 0 ± 0 at step 0
         fig.add_trace(go.Scatter(x=rows["step"], y=rows[f"delta/{metric}"], mode="lines+markers",
-                                 name=f"held-out {metric.split('/', 1)[1]} − base",
+                                 name=f"held-out {metric.split('/', 1)[1]} − base (± 95%)",
                                  error_y={"type": "data", "array": 1.96 * rows[f"delta_se/{metric}"].fillna(0), "visible": True},
                                  line={"color": PALETTE[(1 + 4 * i) % len(PALETTE)], "width": 2.5}, marker={"size": 7}),
                       row=2, col=1)
@@ -119,7 +122,7 @@ def live_figure(frame: pd.DataFrame, heldout: pd.DataFrame, metrics: list[str], 
     fig.update_xaxes(title_text="optimiser step", row=2, col=1)
     fig.update_yaxes(title_text=f"reward ({reward})", row=1, col=1)
     fig.update_yaxes(title_text="Δ vs base", zeroline=True, row=2, col=1)
-    fig.update_layout(height=520, margin={"l": 60, "r": 20, "t": 80, "b": 45}, template="plotly_white",
-                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.07, "x": 0, "xanchor": "left"},
+    fig.update_layout(height=520, margin={"l": 60, "r": 20, "t": 70, "b": 45}, template="plotly_white",
+                      legend={"orientation": "h", "yanchor": "bottom", "y": 1.06, "x": 0, "xanchor": "left"},
                       uirevision="finetune")
     return fig

@@ -595,8 +595,9 @@ def preset_values(name: str) -> dict:
     return values
 
 
-def on_preset(name: str, *components_order: str):
-    """gr.update per form field (in ``FORM_FIELDS`` order, then the method knob boxes): the preset's values."""
+def on_preset(name: str):
+    """gr.update per form field (``FORM_FIELDS``: the fixed ones, then every knob box): the preset's values; a
+    field the preset does not name is left as it is."""
     values = preset_values(name)
     out = []
     for field in FORM_FIELDS:
@@ -684,7 +685,7 @@ def build_tab() -> None:
             status = gr.Markdown("Choose a preset (or your settings) and press Start. A run trains on the server: close or "
                                  "reload the page and it goes on; any page can follow, stop or resume it.",
                                  elem_id="finetune-status")
-            plot = gr.Plot(label="Training reward and held-out change", elem_id="finetune-plot")
+            plot = gr.Plot(label="Training reward and held-out change", show_label=False, elem_id="finetune-plot")
             smoothing = gr.Slider(0, 0.95, value=SMOOTHING, step=0.05, label="Smoothing of the training curve (EMA)",
                                   info="0: the points themselves; 0.9: about the last 10 steps")
             # an explicit height: gradio's <img> loads lazily and has no size of its own until it has loaded

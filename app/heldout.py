@@ -60,8 +60,10 @@ def verdict(delta: float, se: float) -> str:
 
 
 def _num(x: float) -> str:
-    """A change in readable notation: 4 significant digits, with its sign."""
-    return f"{x:+.3g}" if abs(x) < 1e-3 or abs(x) >= 1e4 else f"{x:+.4f}".rstrip("0").rstrip(".") if abs(x) < 1 else f"{x:+.4g}"
+    """A change in readable notation, with its sign: +0.0974, -0.0012, +12.3, +1.2e-05."""
+    if abs(x) < 1e-3 or abs(x) >= 1e4:
+        return f"{x:+.2g}"
+    return f"{x:+.3g}" if abs(x) < 1 else f"{x:+.4g}"
 
 
 def summary(reward: str, frame: pd.DataFrame, prompts: int | None = None, seeds: int | None = None) -> str:
@@ -72,7 +74,8 @@ def summary(reward: str, frame: pd.DataFrame, prompts: int | None = None, seeds:
     if runs.empty:
         return ""
     last = runs.iloc[-1]
-    where = f" ({prompts} prompts × {seeds} seeds not trained on)" if prompts and seeds else ""
+    where = (f" ({prompts} prompt{'s' * (prompts != 1)} × {seeds} seed{'s' * (seeds != 1)} not trained on)"
+             if prompts and seeds else "")
     out = []
     for metric in heldout_metrics(reward, frame):
         delta, se = float(last[f"delta/{metric}"]), float(last[f"delta_se/{metric}"])

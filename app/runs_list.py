@@ -38,7 +38,7 @@ def run_folder(name: str | None) -> Path:
 
 def jobs_table() -> pd.DataFrame:
     """Every run made on this server, newest first: name, method, reward, steps done/planned, state (with the
-    position in line), started, and the reason of a failure."""
+    position in line), its latest held-out change with the 95% interval, started, and the reason of a failure."""
     rows = []
     root = catalogue().runs_dir
     folders = sorted((p for p in root.iterdir() if (p / "config.json").is_file()), reverse=True) if root.is_dir() else []

@@ -90,7 +90,7 @@ def test_the_held_out_curve_appears_updates_and_the_finish_line_states_its_inter
         seen.append(page.locator(ERROR_BARS).count())
     assert seen[-1] == 4 and sorted(seen) == seen, f"held-out points over time: {seen}"  # base + steps 1, 2, 3
     text = page.locator("#finetune-status").inner_text()
-    assert re.search(r"Held-out colorfulness at step 3 \(2 prompts × 1 seeds not trained on\): [+-]\S+ vs the base, "
+    assert re.search(r"Held-out colorfulness at step 3 \(2 prompts × 1 seed not trained on\): [+-]\S+ vs the base, "
                      r"95% interval \[[+-]\S+, [+-]\S+\]: (a gain|no measurable change|a measurable drop)", text), text
     assert re.search(r"The adapter is in the Generate and Compare lists as Yours · ReFL on colorfulness, step 3", text), text
     assert panel.locator(RUN_SHOWN).input_value().endswith("-refl-colorfulness")

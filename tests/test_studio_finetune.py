@@ -258,7 +258,7 @@ def test_held_out_checks_are_written_during_a_studio_finetune_and_not_counted_as
     assert Path(config["eval_prompts"]).read_text().split("\n")[:2] == ["a black chair", "a purple dumbbell"]
     wall = float((studio.runs / name / "metrics.csv").read_text().splitlines()[-1].split(",")[1])
     assert wall < seconds - 2 * pause  # wall_seconds: the train steps alone
-    assert re.search(r"Held-out geometry at step 2 \(2 prompts × 1 seeds not trained on\): [+-][\d.e+-]+ vs the base, "
+    assert re.search(r"Held-out geometry at step 2 \(2 prompts × 1 seed not trained on\): [+-][\d.e+-]+ vs the base, "
                      r"95% interval \[[+-][\d.e+-]+, [+-][\d.e+-]+\]: \*\*(a gain|no measurable change|a measurable drop)", status), status
     assert "held-out" in _jobs(studio.client)[name] and _jobs(studio.client)[name]["held-out"]
 
