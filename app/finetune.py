@@ -50,7 +50,16 @@ MAX_STEPS = 1000
 # step here): batch 2 and 10 sampler steps halve the rollout twice, 64 px renders quarter the reward's cost. The
 # price: a noisy training curve (2 prompts a step), hence the held-out check every 5 steps: 4 prompts x 2 seeds the
 # run does not train on, paired with the base (same noise), drawn with its 95% interval.
-# MEASURED: see the README's Finetune section (filled in below once measured).
+# Measured (README, Finetune tab: the table), the 2 cores shared with other jobs (load 5-9):
+#   python -m engine.align --method nabla-r2d3 --reward alignment --steps 10 --out outputs/demo --prompts train_hard.txt \
+#     --set lr=1e-3 batch_size=2 sampler_steps=10 render_resolution=64 sample_every=0 checkpoint_every=0 \
+#           eval_every=5 eval_seeds=2 eval_prompts=held_hard.txt seed=0
+#   (train_hard.txt / held_hard.txt: presets.HARD_TRAIN / presets.HARD_HELD_OUT, one per line)
+# held-out alignment vs the base, delta [95% interval]: step 5 +0.0645 [-0.028, +0.157], step 10 +0.0974
+# [+0.026, +0.169] (a gain; 0.537 -> 0.634), geometry -0.067; 559 s of training steps for 10 (~56 s/step here).
+# seed=1: step 10 +0.0712 [-0.001, +0.144] (not a gain, by 0.001); lr=2e-3 (8 held-out prompts x 1 seed): -0.008
+# [-0.081, +0.064]; nabla.beta=1e8 moved as 5e7 did (+0.0358 vs +0.0350 at step 5: AdamW normalises the scale).
+# ReFL on colorfulness (the second preset): step 10 +25.4 [+4.7, +46.1] colorfulness, alignment -0.175: hacked.
 DEFAULTS = {k: v for k, v in presets.PRESETS[presets.DEMO].items() if k not in ("prompt_source", "prompts", "heldout_prompts", "nabla_beta")}
 DEFAULT_PROMPT_SOURCE = presets.PRESETS[presets.DEMO]["prompt_source"]
 DEFAULT_PROMPTS = presets.PRESETS[presets.DEMO]["prompts"]

@@ -21,8 +21,8 @@ RUN_SETTINGS = {"seed": 0, "batch_size": 2, "sampler_steps": 10, "render_resolut
                 "eval_every": 5, "eval_seeds": 2}
 
 PRESETS: dict[str, dict] = {
-    "Demo: Nabla-R2D3 on alignment (~3 min)": {
-        **RUN_SETTINGS, "method": "nabla-r2d3", "reward": "alignment", "steps": 15, "lr": 1e-3,
+    "Demo: Nabla-R2D3 on alignment (10 steps)": {
+        **RUN_SETTINGS, "method": "nabla-r2d3", "reward": "alignment", "steps": 10, "lr": 1e-3,
         "prompt_source": "my own list", "prompts": "\n".join(HARD_TRAIN), "heldout_prompts": "\n".join(HARD_HELD_OUT),
         "nabla_beta": 5e7},
     "ReFL on colorfulness (fast, hackable reward)": {

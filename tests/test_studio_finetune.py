@@ -295,7 +295,7 @@ def test_the_held_out_sentence_calls_a_gain_only_when_the_interval_excludes_zero
 def test_presets_fill_the_form_and_the_default_is_the_demo(monkeypatch):
     from app import finetune, presets
 
-    assert list(presets.PRESETS)[0] == presets.DEMO == "Demo: Nabla-R2D3 on alignment (~3 min)"
+    assert list(presets.PRESETS)[0] == presets.DEMO == "Demo: Nabla-R2D3 on alignment (10 steps)"
     params = inspect.signature(finetune.start_finetune).parameters
     demo = presets.PRESETS[presets.DEMO]
     for key in ("method", "reward", "steps", "lr", "batch_size", "sampler_steps", "eval_every", "prompts", "heldout_prompts"):
