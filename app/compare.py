@@ -273,7 +273,7 @@ def evaluation_of(entry: Entry) -> dict:
     row = runs.iloc[-1]
     base = bases.iloc[-1] if not bases.empty else None
     deltas = _deltas(row, base)
-    where = f"eval.csv, step {int(row['step'])}"
+    where = f"eval.csv (step {int(row['step'])})"
     if deltas and all(se is None for _, se in deltas.values()):
         where += ", no interval"
     elif not deltas:

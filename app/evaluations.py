@@ -138,7 +138,7 @@ class Evaluations:
                 name = lora.load_adapter(model, entry.adapter, "evaluated", activate=False)
         except (OSError, ValueError) as err:  # its reason in words, without the server's paths
             raise ValueError(_plain(err, entry)) from None
-        job.info["phase"] = f"the base model (sampled once per server, then read from a cache): {describe_settings(s)}"
+        job.info["phase"] = f"the base model (sampled once, then read from its cache): {describe_settings(s)}"
         t0 = time.perf_counter()
         evaluator = RunEvaluator(model, s, base_cache=evaluations_dir() / "base")
         base_seconds = time.perf_counter() - t0

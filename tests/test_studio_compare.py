@@ -119,7 +119,7 @@ def test_compare_base_and_runs_side_by_side(studio):
     ev = _table(evaluation)
     assert [r["model"] for r in ev] == ["base", "run: colour", "run: geo"]
     colour = ev[1]
-    assert colour["evaluated"] == "eval.csv, step 2" and "±" in colour["Δ colorfulness"]
+    assert colour["evaluated"] == "eval.csv (step 2)" and "±" in colour["Δ colorfulness"]
     assert colour["trained on"] == "colorfulness" and colour["category acc"] != "—"
     assert float(colour["KID vs base"]) == pytest.approx(0, abs=0.05)
     geo = ev[2]
@@ -312,7 +312,7 @@ def test_best_cell_tie_and_forgetting(tmp_path):
     assert rows["run: geo"]["Δ geometry"] == "★ +0.05 ± 0.02"  # clear of the base's 0 and of the others
     assert rows["run: nabla"]["Δ geometry"] == "-0.12 ± 0.039"
     assert rows["run: nabla"]["Δ alignment reward"].endswith("(tie)") and rows["run: geo"]["Δ alignment reward"].endswith("(tie)")
-    assert rows["run: old"]["Δ colorfulness"] == "+10" and rows["run: old"]["evaluated"] == "eval.csv, step 9, no interval"
+    assert rows["run: old"]["Δ colorfulness"] == "+10" and rows["run: old"]["evaluated"] == "eval.csv (step 9), no interval"
     assert rows["base"]["Δ geometry"] == "0" and rows["run: old"]["Δ alignment (cosine)"] == "—"
     assert "★ **geometry**: run: geo won" in verdict and "**alignment reward**: a tie between run: nabla, run: geo (their" in verdict
     assert "**Forgetting**: run: nabla (trained on alignment) lost geometry: Δ -0.12 ± 0.039" in verdict
