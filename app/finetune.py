@@ -29,14 +29,15 @@ from engine.align.knobs import KnobField, knob_fields, scaled_default
 from engine.align.methods import METHODS
 from engine.align.run_folder import RunFolder
 from engine.core.io import atomic_write_text
-from engine.prompts import EVAL_PROMPTS, TRAIN_PROMPTS, read_prompts, validate_prompt
+from engine.prompts import TRAIN_PROMPTS, read_prompts, validate_prompt
 from engine.rewards import list_rewards, parse_ensemble, reward_span
 
 from . import heldout, presets
-from .catalogue import catalogue, display_name, zip_adapter
+from .catalogue import catalogue, zip_adapter
 from .curves import live_figure, read_metrics, read_run_config
 from .finetunes import FINETUNES, QUEUE, job_status, read_status
 from .jobs import LIVE
+from .run_status import heldout_size, status_line
 from .runs_list import RunsList, delete_run, files_of, jobs_table, run_folder  # noqa: F401 (the tab's API, tests)
 from .sessions import refusal, session_dir
 
@@ -266,20 +267,12 @@ def run_figure(folder: Path, frame: pd.DataFrame, cfg: RunConfig, smoothing: flo
     its held-out change from the base (eval.csv) with the 95% interval."""
     evals = heldout.read_eval(folder)
     if cfg.eval_every:
-        note = f"{_heldout_size(cfg)} every {cfg.eval_every} steps"
+        note = f"{heldout_size(cfg)} every {cfg.eval_every} steps"
     else:
         note = "off for this run" if evals.empty else "at the end"
     return live_figure(frame, evals, heldout.heldout_metrics(cfg.reward, evals) or [f"reward/{cfg.reward}"],
                        label=f"this run ({title(cfg.method)})", reward=cfg.reward, batch_size=cfg.batch_size,
                        steps=cfg.steps, smoothing=smoothing, shipped=shipped_curves(cfg.reward), heldout_note=note)
-
-
-def _heldout_size(cfg: RunConfig) -> str:
-    try:
-        n = len(read_prompts(cfg.eval_prompts, EVAL_PROMPTS))
-    except (OSError, ValueError):
-        return ""
-    return f"{n} prompts × {cfg.eval_seeds} seeds"
 
 
 def _smoothing(value) -> float:
@@ -302,11 +295,6 @@ def before_now(run: Path, out_dir: Path) -> str | None:
     if not path.exists():
         iio.imwrite(path, np.concatenate([first, gap, last], axis=1))
     return str(path)
-
-
-def _fmt_seconds(s: float) -> str:
-    s = max(0, int(round(s)))
-    return f"{s // 60} min {s % 60:02d} s" if s >= 60 else f"{s} s"
 
 
 def metrics_table(rows: list[dict]) -> pd.DataFrame:
@@ -372,77 +360,6 @@ def start_finetune(*args, **kwargs) -> str:
 start_finetune.__signature__ = _signature()
 
 
-def _head(status: dict, cfg: RunConfig | None) -> str:
-    started = status.get("started") or status.get("submitted")
-    when = f", started {time.strftime('%H:%M', time.localtime(started))}" if started else ""
-    prompts = ""
-    if cfg is not None:
-        prompts = " on the built-in training prompts" if not cfg.prompts else f" on {_count(cfg.prompts)} prompts of your own"
-    return (f"{title(status.get('method', ''))} on {status.get('reward', '?')}, {status.get('planned_steps', '?')} steps"
-            f"{prompts}{when}.")
-
-
-def _count(path: str) -> int | str:
-    try:
-        return len(read_prompts(path))
-    except (OSError, ValueError):
-        return "your"
-
-
-def _adapter_words(name: str) -> str:
-    try:
-        shown = display_name(catalogue().get(f"run: {name}"))
-    except (KeyError, ValueError):
-        return "The adapter is saved with the run."
-    return f"The adapter is in the Generate and Compare lists as **{shown}**; its zip is below."
-
-
-def _status_line(name: str, status: dict, rows: list[dict], cfg: RunConfig | None = None,
-                 evals: pd.DataFrame | None = None) -> str:
-    state, steps, planned = status.get("state", "unknown"), len(rows), status.get("planned_steps", "?")
-    head = _head(status, cfg)
-    if state == "queued":
-        return f"{head}\n\n**Waiting in line**: number {QUEUE.position(name)}. It starts when the run ahead of it ends."
-    if state == "starting":
-        return f"{head}\n\n**Starting**: loading the base model and drawing the 'before' samples…"
-    checks = cfg is not None and cfg.eval_every > 0
-    if state in ("running", "stopping") and not rows:
-        first = (f"scoring the base on the held-out prompts ({_heldout_size(cfg)}), then step 1…"
-                 if checks and (evals is None or evals.empty) else "step 1 running…")
-        return f"{head}\n\n**Starting**: {first}" + (" (stopping after it)" if state == "stopping" else "")
-    if not rows:
-        return f"{head}\n\n**{state.capitalize()}**" + (f": {status['reason']}" if status.get("reason") else ".")
-    last, first = rows[-1], rows[0]
-    trend = (f"Training reward (batch of {cfg.batch_size if cfg else '?'}, noisy): {first['reward_mean']:.4g} at step 1 → "
-             f"{last['reward_mean']:.4g} at step {int(last['step'])}.")
-    held = heldout.summary(cfg.reward, evals, *_heldout_counts(cfg)) if cfg is not None and evals is not None else ""
-    if not held and checks:
-        held = f"Held-out check: the first comparison with the base comes at step {cfg.eval_every}."
-    if state in ("running", "stopping"):
-        per_step = last["wall_seconds"] / max(1, last["step"])
-        left = ""
-        if isinstance(planned, int) and status.get("started") and status.get("from_step") is not None:
-            done_here = int(last["step"]) - int(status["from_step"])
-            if done_here > 0:  # wall clock since this job began: held-out checks and samples included
-                left = f" · about {_fmt_seconds((time.time() - status['started']) / done_here * (planned - last['step']))} left"
-        return (f"{head}\n\n**Step {int(last['step'])}/{planned}** · {per_step:.1f} s per training step (checks and samples "
-                f"not counted){left}" + (" · **stopping after this step**" if state == "stopping" else "")
-                + f"\n\n{held} {trend}")
-    how = {"finished": "Run finished", "stopped": f"Run stopped at step {steps}/{planned}",
-           "killed": f"Run cut off at step {steps}/{planned} (the server stopped)",
-           "failed": "Run failed"}.get(state, f"Run {state}")
-    reason = f" ({status['reason']})" if status.get("reason") and state == "failed" else ""
-    more = " Resume continues it from its last checkpoint." if state in ("stopped", "killed", "failed") else ""
-    return f"{head}\n\n**{how}.**{reason} {held} {trend} {_adapter_words(name)}{more}"
-
-
-def _heldout_counts(cfg: RunConfig) -> tuple[int | None, int | None]:
-    try:
-        return len(read_prompts(cfg.eval_prompts, EVAL_PROMPTS)), cfg.eval_seeds
-    except (OSError, ValueError):
-        return None, None
-
-
 def view(name: str | None, work: Path | None, smoothing: float = SMOOTHING) -> tuple:
     """(status, figure, before|now samples, metrics table, adapter zip or None) of a run as it is now."""
     folder = run_folder(name)
@@ -455,7 +372,7 @@ def view(name: str | None, work: Path | None, smoothing: float = SMOOTHING) -> t
         zipped = str(zip_adapter(catalogue().get(f"run: {name}"), work))
     samples = before_now(folder, work) if work is not None else None
     evals = heldout.read_eval(folder)
-    return (_status_line(name, status, rows, cfg, evals), run_figure(folder, frame, cfg, _smoothing(smoothing)), samples,
+    return (status_line(name, status, rows, cfg, evals), run_figure(folder, frame, cfg, _smoothing(smoothing)), samples,
             frame, zipped)
 
 
@@ -467,7 +384,7 @@ def run_view(name: str, work: Path | None, smoothing: float = SMOOTHING) -> tupl
         job = QUEUE.get(name)
         if job is None:
             raise
-        return (_status_line(name, job_status(job), []), None, None, metrics_table([]), None)
+        return (status_line(name, job_status(job), []), None, None, metrics_table([]), None)
 
 
 def _live(name: str) -> bool:
@@ -514,7 +431,9 @@ def start_from_config(file) -> str:
             raise ValueError(f"{path.name} trains model={cfg.model!r} (weights {cfg.weights!r}, device {cfg.device!r}); "
                              "the studio trains the embedded tiny model on its own device: use python -m engine.align.")
         if cfg.prompts:
-            read_prompts(cfg.prompts)  # its prompt file must be on this server
+            read_prompts(cfg.prompts)  # its prompt files must be on this server
+        if cfg.eval_prompts and (cfg.eval_every or cfg.eval_at_end):
+            read_prompts(cfg.eval_prompts)
         available, missing = reward_status()
         for name, _ in parse_ensemble(cfg.reward):
             if name not in available:
