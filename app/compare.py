@@ -562,6 +562,20 @@ def _summary(prompt, seed, steps, guidance, done, seconds, rewards, total, final
 
 # ------------------------------------------------------------------------------------------ layout
 
+# The shown turntables (same frames and rate) restarted from frame 0 together once every one can play, so the
+# models turn side by side in step; gives up after 20 s.
+TURN_TOGETHER = """async () => {
+  for (let i = 0; i < 100; i++) {
+    const vs = [...document.querySelectorAll('.compare-turntable video')].filter(v => v.offsetParent !== null);
+    if (vs.length > 1 && vs.every(v => v.readyState >= 3)) {
+      vs.forEach(v => { v.pause(); v.currentTime = 0; });
+      await Promise.all(vs.map(v => v.play().catch(() => null)));
+      return;
+    }
+    await new Promise(r => setTimeout(r, 200));
+  }
+}"""
+
 def build_tab() -> None:
     """Creates the tab's components and events inside the current gr.Tab."""
     tab = gr.context.Context.block  # the enclosing gr.Tab (ui.py opens it): its select refreshes the model list
@@ -590,7 +604,7 @@ def build_tab() -> None:
         for i in range(MAX_MODELS):
             with gr.Column(visible=i == 0, min_width=200) as column:
                 title = gr.Markdown()
-                video = gr.Video(label="Turntable: RGB | normals", autoplay=True, loop=True)
+                video = gr.Video(label="Turntable: RGB | normals", autoplay=True, loop=True, elem_classes="compare-turntable")
                 views = gr.Image(label="4 views (2 x 2)", type="filepath")
             slot_outputs += [column, title, video, views]
     scores = gr.Dataframe(label="Offline rewards on the same renders (rows: models)", interactive=False)
@@ -625,6 +639,7 @@ def build_tab() -> None:
     models.change(scale_choices, models, scale_model, queue=False, api_visibility="private")
     outputs = [*slot_outputs, scores, plys, curves_step, curves_wall, evaluation, verdict, info]
     job = run.click(run_compare, [prompt, seed, steps, models, frames], outputs, api_name="compare", concurrency_limit=1)
+    job.then(None, js=TURN_TOGETHER)  # in the browser only: the turntables restart together once all are loaded
     stop.click(None, cancels=[job])
     evaluate.click(evaluate_models, models, [eval_status, evaluation, verdict], api_name="evaluate", concurrency_limit=None)
     scale_inputs = [prompt, seed, steps, scale_model, alpha]

@@ -79,3 +79,19 @@ def test_the_lora_scale_slider_changes_the_asset(page):
     assert scores[0] != scores[1], scores
     box = image.bounding_box()
     assert box["height"] >= 300, box  # the 2 x 2 views are shown large
+
+
+def test_the_turntables_turn_together(page):
+    panel = _open(page, "Compare")
+    panel.get_by_role("textbox", name="Prompt").fill("a red chair")
+    _set_number(panel, "number input for Turntable frames", 12)
+    panel.get_by_role("button", name="Compare", exact=True).click()
+    panel.get_by_text(re.compile(r"2 model\(s\) in [\d.]+ s from one loaded base")).wait_for(timeout=LONG)
+    clocks = ("() => [...document.querySelectorAll('.compare-turntable video')].filter(v => v.offsetParent !== null)"
+              ".map(v => [v.currentTime, v.duration, v.paused])")
+    page.wait_for_function(f"() => ({clocks})().every(([t, d, paused]) => !paused && t > 0)", timeout=LONG)
+    for _ in range(3):
+        (t0, d, _), (t1, _, _) = page.evaluate(clocks)
+        gap = abs(t0 - t1) % d
+        assert min(gap, d - gap) < 0.25, page.evaluate(clocks)  # restarted together: the same frame, give or take
+        page.wait_for_timeout(500)
