@@ -1,12 +1,14 @@
 """Finetune tab: train a LoRA on the tiny base with any registered method and reward, live.
 
-One finetune at a time per server: the event runs with ``concurrency_limit=1`` (gradio's queue shows the
-people waiting their position), and the board's slot (app/jobs.py) guards the trainer itself. Each job trains its own freshly
-loaded base, so generation (the catalogue's shared Pool model) stays usable meanwhile. The trainer runs in
-a thread of its own and the event's generator only watches it: if the page closes mid-run the generator is
-dropped, asks the trainer to stop, and the thread still ends the step, saves the run folder and frees the
-lock. The run folder is ``catalogue().runs_dir / <date>-<method>-<reward>``; its adapter shows up in the
-Generate and Compare lists as ``run: <name>`` as soon as it is written (the catalogue rescans each call).
+A finetune is a job of the server (app/finetunes.py: one line, one run training at a time, each on its own
+freshly loaded base so generation keeps serving); the page follows the run it shows by reading the run folder
+every 2 s. This module holds the form (named presets from app/presets.py fill it; the method's knobs come from
+the methods' declarations), its checks and the /finetune, /follow, /stop, /resume, /finetune_config endpoints;
+the view of a run is its status line (app/run_status.py), the two-panel plot (app/curves.py: the smoothed
+training reward over the held-out change from the base, app/heldout.py), the before | now strip and the metrics;
+the runs list and the shown run's files are app/runs_list.py. The run folder is
+``catalogue().runs_dir / <date>-<method>-<reward>``; its adapter shows up in the Generate and Compare lists as
+soon as it is written (the catalogue rescans each call).
 """
 
 from __future__ import annotations
