@@ -1,8 +1,9 @@
 """Held-out evaluations of the Compare tab's models as server jobs, cached beside each run.
 
 *Evaluate* queues one job per chosen adapter on its own JobQueue (app/jobs.py): one evaluation at a time, and
-none while a finetune of the Finetune tab's queue trains or waits (an evaluation waits for it, so two jobs do
-not split the CPU). A job loads a fresh base (generation keeps the shared one), loads the adapter, and runs
+none while a finetune of the Finetune tab's queue trains or waits; a finetune that starts during an evaluation
+waits for it (app.jobs.CPU: the two queues' heavy work holds one slot), so two jobs never split the CPU. A job
+loads a fresh base (generation keeps the shared one), loads the adapter, and runs
 ``engine.align.evaluate.RunEvaluator`` with :data:`SETTINGS`: the 24 held-out prompts, one seed, 10 sampler steps.
 The base's scores are cached on disk (``base_cache``), so only the first evaluation of a server samples them.
 
@@ -31,7 +32,7 @@ from engine.generate import load_model
 from engine.models import lora
 
 from .catalogue import Entry, catalogue
-from .jobs import Job, JobQueue
+from .jobs import CPU, Job, JobQueue
 
 RESULT_FILE = "compare_eval.json"
 PROMPTS: list[str] | None = None  # None: the 24 held-out prompts (assets/prompts/eval_held_out.txt)
@@ -126,8 +127,14 @@ class Evaluations:
         while (other := self._busy()) and not job.stopping:  # one job on the CPU at a time
             job.info["phase"] = f"waiting for the finetune {other} to end"
             time.sleep(1.0)
-        if job.stopping:
+        if job.stopping or not CPU.acquire(job):  # a finetune that started meanwhile holds the cores
             return "stopped"
+        try:
+            return self._evaluate_holding(job, entry, s, path)
+        finally:
+            CPU.release()
+
+    def _evaluate_holding(self, job: Job, entry: Entry, s: EvalSettings, path: Path) -> str:
         job.state, job.started = "running", time.time()
         job.info["phase"] = "loading the base and the adapter"
         try:

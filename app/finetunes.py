@@ -23,7 +23,7 @@ from engine.align.trainer import Trainer, TrainingError
 from engine.core.io import atomic_write_json
 from engine.generate import load_model
 
-from .jobs import LIVE, Job, JobQueue
+from .jobs import CPU, LIVE, Job, JobQueue
 
 
 class Finetunes:
@@ -38,6 +38,14 @@ class Finetunes:
         return self.queue.submit(Job(Path(out).name, info={"config": config.validate(), "out": Path(out), "resume": resume}))
 
     def _train(self, job: Job) -> str:
+        if not CPU.acquire(job):  # an evaluation holds the cores; stopped while it waited
+            return "withdrawn"
+        try:
+            return self._train_holding(job)
+        finally:
+            CPU.release()
+
+    def _train_holding(self, job: Job) -> str:
         cfg, folder = job.info["config"], RunFolder(job.info["out"])
         trainer = Trainer(cfg, folder.path, resume=job.info["resume"],
                           model=self._make_model() if self._make_model else None)

@@ -152,6 +152,30 @@ class JobQueue:
                     self._cond.notify_all()
 
 
+class Slot:
+    """The CPU-heavy part of server jobs from different queues, one at a time: a finetune and a held-out
+    evaluation would each take both cores and split them. A job waits for the slot between checks of its stop flag."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.holder: Job | None = None
+
+    def acquire(self, job: Job, poll: float = 0.5) -> bool:
+        """Waits for the slot; False when ``job`` was asked to stop first (it then holds nothing)."""
+        while not self._lock.acquire(timeout=poll):
+            if job.stopping:
+                return False
+        self.holder = job
+        return True
+
+    def release(self) -> None:
+        self.holder = None
+        self._lock.release()
+
+
+CPU = Slot()  # the server's one heavy job at a time (app/finetunes.py, app/evaluations.py)
+
+
 class JobBoard:
     """Jobs that run in a page's own handler thread, listed while they run; Stop reaches one's own only."""
 

@@ -55,3 +55,42 @@ def test_a_board_lists_a_pages_jobs_while_they_run_and_stops_only_its_own():
         assert board.stop("s2") == []
         assert board.stop("s1") == [a] and a.stopping
     assert board.running("s1") == []
+
+
+def test_heavy_work_of_two_queues_holds_one_slot_and_a_stop_ends_the_wait():
+    """A finetune submitted while an evaluation runs waits for it (they would split both cores), and a job stopped
+    while it waits holds nothing."""
+    from app.jobs import Slot
+
+    cpu, order, gate = Slot(), [], threading.Event()
+
+    def heavy(job):
+        if not cpu.acquire(job, poll=0.05):
+            return "withdrawn"
+        try:
+            order.append((job.name, "start"))
+            gate.wait(5) if job.name == "evaluation" else None
+            order.append((job.name, "end"))
+            return "finished"
+        finally:
+            cpu.release()
+
+    evaluations, finetunes = JobQueue(heavy), JobQueue(heavy)
+    evaluations.submit(Job("evaluation"))
+    time.sleep(0.2)
+    finetunes.submit(Job("finetune"))
+    time.sleep(0.3)
+    assert order == [("evaluation", "start")] and cpu.holder.name == "evaluation"  # the finetune waits
+    gate.set()
+    assert finetunes.wait_idle(timeout=5) and evaluations.wait_idle(timeout=5)
+    assert order == [("evaluation", "start"), ("evaluation", "end"), ("finetune", "start"), ("finetune", "end")]
+    gate.clear()
+    order.clear()
+    evaluations.submit(Job("evaluation"))
+    time.sleep(0.2)
+    finetunes.submit(Job("late"))
+    time.sleep(0.2)
+    finetunes.stop("late")  # stopped while waiting for the slot
+    assert finetunes.wait_idle(timeout=5) and finetunes.get("late").state == "withdrawn"
+    gate.set()
+    assert evaluations.wait_idle(timeout=5) and cpu.holder is None and order == [("evaluation", "start"), ("evaluation", "end")]
