@@ -35,7 +35,7 @@ BETA_PER_RANGE = 3e7
 class NablaConfig:
     """Nabla-R2D3: forward residual ∇-DB with the forward-looking reward gradient (research/nabla-r2d3.md §1.3-1.6)."""
 
-    beta: float | None = knob(None, f"reward temperature: target p ∝ p_ref · exp(β r); unset: {BETA_PER_RANGE:.0e} per unit "
+    beta: float | None = knob(None, f"reward temperature: target p ∝ p_ref · exp(β r); unset: {BETA_PER_RANGE:.0e}".replace("e+0", "e") + " per unit "
                               "of the reward's usual range", title="β (beta)", low=0, sweep=(3e6, 3e7, 3e8), strength=1,
                               per_reward_range=BETA_PER_RANGE)
     # on-policy ε_θ equals the sampled ε_old, so the term and its gradient are exactly 0: it acts only with `lag`
