@@ -1,5 +1,6 @@
 """The Finetune tab's runs list: every run made on this server (queued, training, finished, stopped, failed,
-killed) with its held-out figure, the shown run's files to download, and deleting a run made here.
+killed) with its held-out figure, then the shipped study's runs (read-only; Compare opens and evaluates them), the
+shown run's files to download, and deleting a run made here.
 
 Runs live in ``catalogue().runs_dir``; their state comes from the finetune queue (app/finetunes.py) or, for runs
 no job of this server trains, from each folder's ``status.json``.
@@ -64,7 +65,7 @@ def jobs_table() -> pd.DataFrame:
                      "held-out": heldout_cell(folder, status.get("reward")),
                      "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "",
                      "reason": status.get("reason", "")})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows + shipped_rows(), columns=COLUMNS)
 
 
 def heldout_cell(folder: Path, reward: str | None) -> str:
@@ -75,10 +76,37 @@ def heldout_cell(folder: Path, reward: str | None) -> str:
     if runs.empty:
         return ""
     last = runs.iloc[-1]
-    delta, se = float(last[f"delta/{metrics[0]}"]), float(last[f"delta_se/{metrics[0]}"])
+    return _cell(float(last[f"delta/{metrics[0]}"]), float(last[f"delta_se/{metrics[0]}"])) + f" (step {int(last['step'])})"
+
+
+def _cell(delta: float, se: float) -> str:
     low, high = heldout.interval(delta, se)
     span = f" [{low:+.3g}, {high:+.3g}]" if math.isfinite(se) else ""
-    return f"{delta:+.3g}{span} {heldout.verdict(delta, se)} (step {int(last['step'])})"
+    return f"{delta:+.3g}{span} {heldout.verdict(delta, se)}"
+
+
+SHIPPED_STATE = "shipped (read-only: open or evaluate it in Compare)"
+
+
+def shipped_rows() -> list[dict]:
+    """The shipped study's runs, after this server's: their held-out change from Compare's evaluation when it has
+    one (the shipped eval.csv files predate the paired intervals)."""
+    from .evaluations import read_result, settings
+
+    rows, s = [], settings()
+    for entry in catalogue().entries().values():
+        if entry.kind != "shipped" or entry.run is None:
+            continue
+        cfg = RunFolder(entry.run).config_dict()
+        reward = cfg.get("reward") or ""
+        found = read_result(entry, s)
+        cell = ""
+        if found is not None and f"delta/reward/{reward}" in found["run"]:
+            cell = _cell(found["run"][f"delta/reward/{reward}"], found["run"][f"delta_se/reward/{reward}"]) + " (Compare)"
+        steps = len(RunFolder(entry.run).metrics_rows())
+        rows.append({"run": entry.label, "method": cfg.get("method"), "reward": reward, "steps": steps,
+                     "planned": cfg.get("steps"), "state": SHIPPED_STATE, "held-out": cell, "started": "", "reason": ""})
+    return rows
 
 
 
@@ -111,7 +139,9 @@ def delete_run(run: str, sure: bool) -> str:
 
 def _picked(frame: pd.DataFrame, event: gr.SelectData):
     row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
-    return str(frame.iloc[row]["run"]) if 0 <= row < len(frame) else gr.skip()
+    if not 0 <= row < len(frame) or frame.iloc[row]["state"] == SHIPPED_STATE:
+        return gr.skip()  # a shipped run is shown in Compare, not followed here
+    return str(frame.iloc[row]["run"])
 
 
 
@@ -120,7 +150,7 @@ class RunsList:
 
     def __init__(self):
         with gr.Accordion("Runs on this server", open=False):
-            self.table = gr.Dataframe(jobs_table(), label="Runs (newest first): pick one to show it", interactive=False,
+            self.table = gr.Dataframe(jobs_table(), label="Runs (yours newest first, then the shipped ones): pick one of yours to show it", interactive=False,
                                       wrap=False, max_height=300)
             self.refresh = gr.Button("Refresh the list", size="sm")
         with gr.Accordion("The run shown: its files, delete it; start from a config", open=False):

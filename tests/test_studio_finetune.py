@@ -69,6 +69,8 @@ def test_two_step_finetune_runs_on_the_server_and_saves_a_loadable_adapter(studi
     assert json.loads((run / "config.json").read_text())["nabla"]["beta"] == 1000  # the knob reached the config
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert _jobs(studio.client)[name]["state"] == "finished" and _jobs(studio.client)[name]["steps"] == 2
+    shipped = {k: v for k, v in _jobs(studio.client).items() if k.startswith("shipped: ")}  # after the server's own
+    assert "shipped: geometry/nabla-r2d3" in shipped and all(v["state"].startswith("shipped (read-only") for v in shipped.values())
     assert (run / "checkpoint" / "trainer.json").is_file() and len((run / "metrics.csv").read_text().splitlines()) == 3
     assert sorted(p.name for p in (run / "samples").glob("*.png")) == ["step_0000.png", "step_0001.png", "step_0002.png"]
     # listed for Generate (and Compare) at once, and loadable into a fresh base
