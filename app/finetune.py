@@ -306,6 +306,21 @@ def metrics_table(rows: list[dict]) -> pd.DataFrame:
     return frame.round(5) if len(frame) else pd.DataFrame(columns=["step", "wall_seconds", "reward_mean", "loss"])
 
 
+COUNTERS = ("step", "samples_seen", "skipped_updates")
+
+
+def shown_metrics(frame: pd.DataFrame) -> pd.DataFrame:
+    """The metrics as shown: counters as whole numbers, every other value to 4 significant digits (1.743e+09, not
+    1743159614.4: Nabla-R2D3's loss is in score units)."""
+    out = frame.copy()
+    for col in out.columns:
+        if col in COUNTERS:
+            out[col] = out[col].astype(int)
+        else:
+            out[col] = out[col].map(lambda v: f"{v:.4g}" if isinstance(v, float) else v)
+    return out
+
+
 # ------------------------------------------------------------------------------------ the handlers
 
 FIXED_PARAMS = ["method", "reward", "steps", "prompt_source", "prompts", "seed", "lr", "batch_size", "sampler_steps",
@@ -377,7 +392,7 @@ def view(name: str | None, work: Path | None, smoothing: float = SMOOTHING) -> t
     samples = before_now(folder, work) if work is not None else None
     evals = heldout.read_eval(folder)
     return (status_line(name, status, rows, cfg, evals), run_figure(folder, frame, cfg, _smoothing(smoothing)), samples,
-            frame, zipped)
+            shown_metrics(frame), zipped)
 
 
 def run_view(name: str, work: Path | None, smoothing: float = SMOOTHING) -> tuple:
@@ -623,7 +638,9 @@ def build_tab() -> None:
             # an explicit height: gradio's <img> loads lazily and has no size of its own until it has loaded
             samples = gr.Image(label="Fixed prompts, seeds 0-3: before (left) vs now (right), RGB over normals",
                                type="filepath", height=SAMPLES_HEIGHT)
-            table = gr.Dataframe(label="Metrics per step", interactive=False, wrap=False, max_height=300)
+            table = gr.Dataframe(label="Metrics per step (loss: each method's own objective in its own units, e.g. "
+                                       "Nabla-R2D3's is in score units, ~1e9; compare runs by their reward)",
+                                 interactive=False, wrap=False, max_height=300)
             zipped = gr.File(label="Adapter (.zip): upload it elsewhere, or load with engine.models.lora", interactive=False)
             runs_list = RunsList()
             follow_api = gr.Button(visible=False)  # the /follow endpoint: streams a run's view to an API client
