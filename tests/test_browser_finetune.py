@@ -16,22 +16,15 @@ if not os.path.exists(CHROMIUM):
 pytest.importorskip("playwright.sync_api", reason="the playwright package is missing (pip install playwright)")
 pytest.importorskip("gradio")
 
-from tests.test_browser_studio import LONG, RUN_SHOWN, _choose, _open, _set_number, studio_page  # noqa: E402
+from tests.test_browser_studio import LONG, RUN_SHOWN, _choose, _open, _set_number, studio_in  # noqa: E402
 
 ERROR_BARS = "#finetune-plot .errorbars .errorbar"  # plotly's error bars: the held-out curve's points
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
-    from app import catalogue
-
-    root = tmp_path_factory.mktemp("browser_finetune")
-    catalogue.set_runs_dir(root / "runs")
-    try:
-        with studio_page() as page:
-            yield page
-    finally:
-        catalogue.set_runs_dir(root / "unused")
+    with studio_in(tmp_path_factory.mktemp("browser_finetune")) as page:
+        yield page
 
 
 def _value(panel, label: str) -> str:

@@ -34,9 +34,15 @@ RUN_SHOWN = "#finetune-run input, #finetune-run textarea"  # the Finetune tab's 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
+    with studio_in(tmp_path_factory.mktemp("browser_studio")) as page:
+        yield page
+
+
+@contextlib.contextmanager
+def studio_in(root: Path):
+    """``studio_page`` with the server's runs in ``root / "runs"`` (a test's own, empty)."""
     from app import catalogue
 
-    root = tmp_path_factory.mktemp("browser_studio")
     catalogue.set_runs_dir(root / "runs")
     try:
         with studio_page() as page:
