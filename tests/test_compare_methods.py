@@ -119,6 +119,9 @@ def test_report_has_the_table_the_claims_and_the_figures(comparison):
     words = (": reproduced", ": not reproduced at this budget", ": contradicted", ": not testable here")
     assert all(any(w in c for w in words) for c in claims)
     assert "holds" not in " ".join(claims) and "95% interval" in claims[0]  # per-asset scores give the gap its interval
+    regime = [line for line in report.splitlines() if line.startswith("- nabla-r2d3 seed")]
+    assert len(regime) == 2 and all("terminal residual ratio" in r and ("**reached**" in r or "**not reached**" in r)
+                                    for r in regime)
     assert any(line.startswith("| refl |") and "] |" in line for line in report.splitlines())  # Δ with its interval
     for name in ("reward_vs_steps", "reward_vs_time", "reward_vs_alignment"):
         html = comparison / "figures" / f"{name}.html"

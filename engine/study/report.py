@@ -14,7 +14,7 @@ from ..core.io import atomic_save, atomic_write_text
 from .fmt import fmt, log, num, pm, signed
 from .fronts import front_figure
 from .plan import Plan
-from .summary import claims
+from .summary import claims, regime_lines
 from .sweep import LR_LADDER, MAX_EXTEND, SWEEP_LRS, TIE_SE, TUNE_SEEDS
 
 DEFAULT_PROG = "python bench/compare_methods.py"  # the command the report echoes when the arguments do not say
@@ -132,6 +132,10 @@ def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_
         lines += fronts_section(fronts)
     lines += ["", "## The paper's claims on this reward", ""]
     lines += [f"- {c}" for c in claims(plan, table, info)]
+    regime = regime_lines(info)
+    if regime:
+        lines += ["", "Nabla-R2D3's regime (RMS(s_θ − κ s_ref) / RMS(g) at the terminal transition, from metrics.csv):", ""]
+        lines += [f"- {line}" for line in regime]
     lines += ["", "## Figures", ""]
     for f in map(Path, fig_paths):
         rel = f.relative_to(a.out).as_posix()

@@ -49,7 +49,38 @@ def read_run(folder: Path, heldout) -> dict | None:
     curve = pd.DataFrame({"step": [0, *runs["step"].astype(int)], "heldout": [base["heldout"], *runs["heldout"]],
                           "alignment": [base["alignment"], *runs["alignment"]]})
     curve["seconds"] = [wall.get(int(s), float("nan")) for s in curve["step"]]
-    return {"status": status, "base": base, "final": runs.iloc[-1], "curve": curve, "assets": assets}
+    return {"status": status, "base": base, "final": runs.iloc[-1], "curve": curve, "assets": assets,
+            "regime": _regime(metrics)}
+
+
+REGIME = ("terminal_residual_ratio", "terminal_grad_share")  # Nabla-R2D3's metrics.csv columns
+REGIME_LAST = 5  # steps averaged at the end of a run
+BETA_MATTERS = 0.5  # terminal residual ratio from which β shapes the target rather than Adam cancelling its scale
+
+
+def _regime(metrics: pd.DataFrame) -> dict[str, float] | None:
+    """The mean of Nabla-R2D3's regime metrics over a run's last steps (None for other methods and older runs)."""
+    if not all(c in metrics for c in REGIME) or metrics.empty:
+        return None
+    last = metrics.tail(REGIME_LAST)
+    return {c: float(pd.to_numeric(last[c], errors="coerce").mean()) for c in REGIME}
+
+
+def regime_lines(info: dict) -> list[str]:
+    """Per Nabla-R2D3 run: did it reach the regime where β matters (its terminal residual near its target)?"""
+    runs, _ = info["per_method"].get(NABLA, ([], []))
+    out = []
+    for r in runs:
+        reg = r.get("regime")
+        if reg is None:
+            continue
+        ratio, share = reg["terminal_residual_ratio"], reg["terminal_grad_share"]
+        reached = math.isfinite(ratio) and ratio >= BETA_MATTERS
+        out.append(f"{NABLA} seed {r['seed']}: terminal residual ratio {num(ratio, 3)}, terminal share of the gradient "
+                   f"{num(share, 3)} (last {REGIME_LAST} steps): " + (
+                       "**reached** the regime where β shapes the target" if reached else
+                       f"**not reached** (below {BETA_MATTERS:g}: the loss's gradient points along g and Adam cancels β's scale)"))
+    return out
 
 
 PAIRED = ("heldout", "alignment", "category_ok")  # per-asset measures whose deltas get intervals
