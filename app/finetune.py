@@ -64,7 +64,7 @@ MAX_STEPS = 1000
 # [-0.081, +0.064]; nabla.beta=1e8 moved as 5e7 did (+0.0358 vs +0.0350 at step 5: AdamW normalises the scale).
 # ReFL on colorfulness (the second preset): step 10 +25.4 [+4.7, +46.1] colorfulness, alignment -0.175: hacked.
 # Through the API (/finetune with no settings, /follow to the end): the same rows, "+0.0974 ... [+0.026, +0.169]:
-# a gain", 905 s wall at load 8-10 (680 s of training steps).
+# a gain", 905 s wall at load 8-10 (680 s of training steps); on the idle machine the CLI run took 47 s wall (26 s training).
 DEFAULTS = {k: v for k, v in presets.PRESETS[presets.DEMO].items() if k not in ("prompt_source", "prompts", "heldout_prompts", "nabla_beta")}
 DEFAULT_PROMPT_SOURCE = presets.PRESETS[presets.DEMO]["prompt_source"]
 DEFAULT_PROMPTS = presets.PRESETS[presets.DEMO]["prompts"]
