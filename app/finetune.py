@@ -108,7 +108,7 @@ def readable(value) -> str:
 
 
 def _knob_component(knob: KnobField, reward: str):
-    info = knob.meta.help or None
+    info = knob.meta.note or None  # the help, and when the knob acts at all (λ: only with lag)
     if knob.meta.per_reward_range is not None:  # follows the chosen reward; a text box shows 5e7, not 50000000
         return gr.Textbox(value=readable(reward_default(knob, reward)), label=knob.title, info=info, max_lines=1)
     if knob.type is bool:
