@@ -32,6 +32,7 @@ from engine.generate import load_model
 from engine.models import lora
 
 from .catalogue import Entry, catalogue
+from .finetunes import QUEUE  # the Finetune tab's one queue
 from .jobs import CPU, Job, JobQueue
 
 RESULT_FILE = "compare_eval.json"
@@ -174,8 +175,6 @@ def _plain(err: Exception, entry: Entry) -> str:
 
 def _finetune_busy() -> str | None:
     """The finetune that trains or waits now, if any (app.finetune's queue)."""
-    from .finetune import QUEUE  # the Finetune tab's one queue
-
     job = QUEUE.current() or next(iter(QUEUE.waiting()), None)
     return job.name if job is not None else None
 
