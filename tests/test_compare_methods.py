@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from engine import study
-from engine.study.fmt import fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["refl", "nabla-r2d3"]
@@ -280,7 +279,7 @@ def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
     assert config["lr"] == chosen["lr"] and config["refl"]["first_fraction"] == chosen["value"]
     assert config["seed"] == 0 and json.loads((out / "sweep" / "refl" / trials["run"][0] / "config.json").read_text())["seed"] == 1000
     report = (out / "report.md").read_text()
-    assert "## Tuning" in report and f"| refl | lr | " in report and "| refl | refl.first_fraction |" in report
+    assert "## Tuning" in report and "| refl | lr | " in report and "| refl | refl.first_fraction |" in report
     assert "Not tested: nabla-r2d3 is not in this comparison" in report
     assert len(pd.read_csv(out / "summary.csv")) == 1
 

@@ -58,9 +58,11 @@ from ..models import lora
 from ..prompts import EVAL_PROMPTS, read_prompts, validate_prompt
 from ..render import render
 from ..rewards import (
+    BUILT_IN,
     REWARDS,
     build_reward,
     list_rewards,
+    parse_ensemble,
     parse_weight_paths,
     score_assets,
 )
@@ -107,6 +109,16 @@ class EvalSettings:
     def reward_names(self) -> tuple[str, ...]:
         """The rewards scored: ``rewards`` plus every one given weights, in that order, once each."""
         return tuple(dict.fromkeys((*self.rewards, *self.reward_weights)))
+
+
+def run_settings(config: RunConfig, *, seeds: list[int] | None = None, eps_kl: bool = False) -> EvalSettings:
+    """A run's held-out settings: its eval prompts and seeds (or ``seeds``), sampler steps and guidance, the offline
+    rewards plus every built-in one it trains (e.g. geometry_official), and the real rewards it has weights for."""
+    built_in = tuple(n for n, _ in parse_ensemble(config.reward) if n in BUILT_IN)
+    return EvalSettings(prompts=read_prompts(config.eval_prompts, EVAL_PROMPTS),
+                        seeds=list(range(config.eval_seeds)) if seeds is None else list(seeds), steps=config.sampler_steps,
+                        guidance=config.guidance, reward_weights=dict(config.reward_weights),
+                        rewards=tuple(dict.fromkeys((*DEFAULT_REWARDS, *built_in))), eps_kl=eps_kl)
 
 
 @dataclass

@@ -109,7 +109,7 @@ class RunFolder:
     def append_eval(self, step: int, label: str, metrics: dict, assets: list[dict] | None = None) -> None:
         """One evaluation: its metrics into eval.csv and, given, its per-asset scores into eval_assets.csv."""
         if assets:
-            write_csv(self.eval_assets_file, [*read_csv(self.eval_assets_file), *({"step": step, "label": label, **a} for a in assets)])
+            append_csv(self.eval_assets_file, *({"step": step, "label": label, **a} for a in assets))
         append_csv(self.eval_file, {"step": step, "label": label, **metrics})
 
     def eval_asset_rows(self) -> list[dict]:
@@ -147,18 +147,19 @@ class RunFolder:
 
 
 # -- CSV files --------------------------------------------------------------------------------------------
-def append_csv(path: Path, row: dict) -> None:
-    """Appends ``row``; a new file gets the row's keys as its header. A row with columns the header lacks (a
-    run resumed by a newer version) rewrites the file with the wider header, atomically; missing ones stay empty."""
+def append_csv(path: Path, *rows: dict) -> None:
+    """Appends ``rows``; a new file gets the first row's keys as its header. Rows with columns the header lacks (a
+    run resumed by a newer version) rewrite the file with the wider header, atomically; missing ones stay empty."""
     header = _header(path)
-    if header is not None and any(k not in header for k in row):
-        write_csv(path, [*read_csv(path), row], header + [k for k in row if k not in header])
+    new = list(dict.fromkeys(k for row in rows for k in row if header is None or k not in header))
+    if header is not None and new:
+        write_csv(path, [*read_csv(path), *rows], header + new)
         return
     with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=header or list(row))
+        writer = csv.DictWriter(f, fieldnames=header or new)
         if header is None:
             writer.writeheader()
-        writer.writerow(row)
+        writer.writerows(rows)
 
 
 def _header(path: Path) -> list[str] | None:

@@ -35,7 +35,7 @@ from ..models import lora
 from ..preview import view_strips
 from ..prompts import EVAL_PROMPTS, prompt_notice, read_prompts, validate_prompt
 from ..render import render
-from ..rewards import BUILT_IN, build_ensemble, list_rewards, parse_ensemble
+from ..rewards import build_ensemble, list_rewards, parse_ensemble
 from .config import RunConfig
 from .knobs import inactive_knobs
 from .methods import METHODS, Context
@@ -326,14 +326,9 @@ class Trainer:
 
     def evaluator(self):
         if self._evaluator is None:
-            from .evaluate import DEFAULT_REWARDS, EvalSettings, RunEvaluator
+            from .evaluate import RunEvaluator, run_settings
 
-            prompts = read_prompts(self.config.eval_prompts, EVAL_PROMPTS)
-            built_in = tuple(n for n, _ in parse_ensemble(self.config.reward) if n in BUILT_IN)  # e.g. geometry_official
-            settings = EvalSettings(prompts=prompts, seeds=list(range(self.config.eval_seeds)), steps=self.config.sampler_steps,
-                                    guidance=self.config.guidance, reward_weights=dict(self.config.reward_weights),
-                                    rewards=tuple(dict.fromkeys((*DEFAULT_REWARDS, *built_in))))
-            self._evaluator = RunEvaluator(self.model, settings, base_cache=self.eval_cache)
+            self._evaluator = RunEvaluator(self.model, run_settings(self.config), base_cache=self.eval_cache)
         return self._evaluator
 
     @torch.no_grad()

@@ -35,20 +35,14 @@ class FrontEvaluator:
 
     def evaluator(self):
         if self._ev is None:
-            from ..align.evaluate import DEFAULT_REWARDS, EvalSettings, RunEvaluator
+            from ..align.evaluate import RunEvaluator, run_settings
             from ..generate import load_model
-            from ..prompts import EVAL_PROMPTS, read_prompts
-            from ..rewards import BUILT_IN
 
             cfg = self.plan.base_configs[self.plan.methods[0]]
             model = load_model(cfg.model, cfg.weights, dtype=cfg.dtype, device=cfg.device)
-            built_in = tuple(sorted(n for n in self.plan.reward_terms if n in BUILT_IN))
-            settings = EvalSettings(prompts=read_prompts(cfg.eval_prompts, EVAL_PROMPTS), seeds=list(range(cfg.eval_seeds)),
-                                    steps=cfg.sampler_steps, guidance=cfg.guidance, reward_weights=dict(cfg.reward_weights),
-                                    rewards=tuple(dict.fromkeys((*DEFAULT_REWARDS, *built_in))), eps_kl=True)
             cache = self.plan.args.out / "base_eval"
             cache.mkdir(parents=True, exist_ok=True)
-            self._ev = RunEvaluator(model, settings, base_cache=cache)
+            self._ev = RunEvaluator(model, run_settings(cfg, eps_kl=True), base_cache=cache)
         return self._ev
 
     def run_front(self, folder: Path) -> pd.DataFrame:
@@ -95,13 +89,10 @@ def front_table(plan: Plan) -> pd.DataFrame:
             continue
         fronts = [pd.read_csv(f / "front.csv") for f in folders]
         assets = [pd.read_csv(f / "front_assets.csv") for f in folders]
-        for i, alpha in enumerate(ALPHAS):
-            runs = []
-            for a in assets:
-                a = a.assign(heldout=[plan.heldout(r) for _, r in a.iterrows()])
-                base, run = a[a["alpha"] == 0.0], a[a["alpha"] == alpha]
-                keep = ["prompt", "seed", "heldout"]
-                runs.append(stats.paired_assets(run[keep], base[keep]))
+        assets = [a.assign(heldout=[plan.heldout(r) for _, r in a.iterrows()]) for a in assets]
+        keep = ["prompt", "seed", "heldout"]
+        for alpha in ALPHAS:
+            runs = [stats.paired_assets(a[a["alpha"] == alpha][keep], a[a["alpha"] == 0.0][keep]) for a in assets]
             mean, lo, hi = stats.interval(stats.cell_deltas(runs, "heldout"))
             point = [f[f["alpha"] == alpha].iloc[0] for f in fronts]
             base_rows = [a[a["alpha"] == 0.0] for a in assets]

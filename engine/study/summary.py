@@ -93,12 +93,12 @@ def _final_assets(folder: Path, heldout, step: int) -> pd.DataFrame | None:
     if not path.exists():
         return None
     rows = pd.read_csv(path).drop_duplicates(["step", "label", "prompt", "seed"], keep="last")
-    rows["heldout"] = [heldout(r) for _, r in rows.iterrows()]
     final, base = rows[(rows["label"] == "run") & (rows["step"] == step)], rows[rows["label"] == "base"]
     if final.empty or base.empty:
         return None
     keep = ["prompt", "seed", *PAIRED]
-    return stats.paired_assets(final[keep], base[keep])
+    final, base = (f.assign(heldout=[heldout(r) for _, r in f.iterrows()])[keep] for f in (final, base))
+    return stats.paired_assets(final, base)
 
 
 def method_cells(runs: list[dict]) -> dict[str, np.ndarray] | None:

@@ -89,20 +89,14 @@ class Tuner:
 
     def _evaluator(self):
         if self.evaluator is None:
-            from ..align.evaluate import DEFAULT_REWARDS, EvalSettings, RunEvaluator
+            from ..align.evaluate import RunEvaluator, run_settings
             from ..generate import load_model
-            from ..prompts import EVAL_PROMPTS, read_prompts
-            from ..rewards import BUILT_IN
 
             cache = self.plan.args.out / "sweep" / "base_eval"
             cache.mkdir(parents=True, exist_ok=True)
             cfg = self.plan.base_configs[self.method]
             model = load_model(cfg.model, cfg.weights, dtype=cfg.dtype, device=cfg.device)
-            built_in = tuple(sorted(n for n in self.plan.reward_terms if n in BUILT_IN))
-            settings = EvalSettings(prompts=read_prompts(cfg.eval_prompts, EVAL_PROMPTS), seeds=list(TUNE_SEEDS),
-                                    steps=cfg.sampler_steps, guidance=cfg.guidance, reward_weights=dict(cfg.reward_weights),
-                                    rewards=tuple(dict.fromkeys((*DEFAULT_REWARDS, *built_in))))
-            self.evaluator = RunEvaluator(model, settings, base_cache=cache)
+            self.evaluator = RunEvaluator(model, run_settings(cfg, seeds=TUNE_SEEDS), base_cache=cache)
         return self.evaluator
 
     def deltas(self, folder: Path) -> np.ndarray:
