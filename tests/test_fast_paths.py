@@ -92,6 +92,31 @@ def test_lean_forward_follows_every_change_of_the_adapter_weights():
         torch.testing.assert_close(lean, stock, rtol=1e-5, atol=1e-5)
 
 
+def test_lean_forward_follows_changes_of_the_base_weights_and_trains_them():
+    """Stacked plain weights (q, k, v; k, v) are cached between calls too: a step on the base weights (base
+    training, where autograd must reach them) and an in-place copy must both be seen."""
+    model = two_layer_model()
+    x, t, cond = inputs(model, 2)
+    with torch.no_grad():
+        before = model.eps(x, t, cond)  # fills the cache
+    params = [p for p in model.transformer.parameters()]
+    grads = {}
+    for lean_forward in (False, True):
+        model.lean_forward = lean_forward
+        model.eps(x, t, cond).square().mean().backward()
+        grads[lean_forward] = [p.grad.clone() for p in params]
+        model.zero_grad(set_to_none=True)
+    for stock_grad, lean_grad in zip(grads[False], grads[True]):
+        torch.testing.assert_close(lean_grad, stock_grad, rtol=1e-4, atol=1e-6)
+    attn = model.transformer.transformer_blocks[0].attn1
+    with torch.no_grad():
+        attn.to_k.weight.add_(0.05 * torch.randn_like(attn.to_k.weight))
+        attn.to_v.bias.copy_(torch.randn_like(attn.to_v.bias))
+        stock, lean = both_forwards(model, x, t, cond)
+    torch.testing.assert_close(lean, stock, rtol=1e-5, atol=1e-5)
+    assert (lean - before).abs().max() > 1e-4
+
+
 def test_native_gelu_matches_pytorch_forward_and_backward():
     if not native_gelu_available():
         pytest.skip("no C compiler: gelu_tanh is PyTorch's own here")

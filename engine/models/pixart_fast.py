@@ -147,25 +147,28 @@ _FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictiona
 
 
 def _stacked(layers, parts) -> tuple[Tensor, Tensor | None]:
-    """The stacked, folded weight and bias of ``layers``. Folding an adapter costs a few small products per
-    layer and call, so with adapters the result is kept until a tensor it was made from changes (an
-    optimiser step, a copy into the weights, another adapter): the key holds every source tensor's
-    identity and version counter, and the cache holds the tensors so an identity cannot be reused."""
+    """The stacked, folded weight and bias of ``layers``. Folding an adapter, or stacking plain layers, costs
+    a few small products or copies per layer and call, so the result is kept until a tensor it was made from
+    changes (an optimiser step, a copy into the weights, another adapter): the key holds every source
+    tensor's identity and version counter, and the cache holds the tensors so an identity cannot be reused.
+    Plain layers whose weights autograd must see (base training) are stacked afresh on every call."""
     bases = [b for b, _ in parts]
     biases = [b.bias for b in bases]
-    bias = biases[0] if len(biases) == 1 else (None if any(v is None for v in biases) else torch.cat(biases))
-    if not any(a for _, a in parts):  # plain layers: no folding, autograd sees the weights (base training)
-        return (bases[0].weight if len(bases) == 1 else torch.cat([b.weight for b in bases])), bias
-    sources = [t for b, a in parts for t in (b.weight, *(x for A, B, _ in a for x in (A, B)))]
+    plain = not any(a for _, a in parts)
+    if len(bases) == 1 and plain:
+        return bases[0].weight, biases[0]
+    if plain and torch.is_grad_enabled() and any(t is not None and t.requires_grad for b in bases for t in (b.weight, b.bias)):
+        return torch.cat([b.weight for b in bases]), None if any(v is None for v in biases) else torch.cat(biases)
+    sources = [t for b, a in parts for t in (b.weight, b.bias, *(x for A, B, _ in a for x in (A, B))) if t is not None]
     key = (tuple((id(t), t._version) for t in sources), tuple(s for _, a in parts for *_, s in a), len(layers))
     hit = _FOLDED.get(layers[0])
-    if hit is not None and hit[0] == key:
-        return hit[2], bias
-    with torch.no_grad():
-        weights = [b.weight + sum(s * (B @ A).to(b.weight.dtype) for A, B, s in a) if a else b.weight for b, a in parts]
-        weight = weights[0] if len(weights) == 1 else torch.cat(weights)
-    _FOLDED[layers[0]] = (key, sources, weight)
-    return weight, bias
+    if hit is None or hit[0] != key:
+        with torch.no_grad():
+            weights = [b.weight + sum(s * (B @ A).to(b.weight.dtype) for A, B, s in a) if a else b.weight for b, a in parts]
+            weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+            bias = biases[0] if len(biases) == 1 else (None if any(v is None for v in biases) else torch.cat(biases))
+        hit = _FOLDED[layers[0]] = (key, sources, weight, bias)
+    return hit[2], hit[3]
 
 
 def linear(x: Tensor, *layers: nn.Module) -> Tensor:
