@@ -5,7 +5,12 @@
 
 What lands in ``<to>/<name>/`` (small: LoRA adapters and CSVs; no optimiser states, no intermediate strips):
 
-    report.md  summary.csv  comparison.json  sweep/{chosen.json,sweep.csv} (when swept)
+    report.md  comparison.json  sweep/{chosen.json,sweep.csv,picks.csv} (when swept)
+    summary.csv        with fronts (--fronts): one row per method x front point (reward, method, point,
+                       reward_delta, ci_low, ci_high, adapter: the shipped adapter folder, relative to the
+                       repository, ...); the per-method table then ships as methods.csv. Without fronts:
+                       the comparison's summary.csv (one row per method)
+    picks.csv          when swept: method, knob, values, pick, inside_grid, ties
     figures/*.html     the comparison's plotly figures, loading plotly.js from <to>/plotly.min.js (one copy for all)
     figures/*.png      their static images, where the comparison could write them (kaleido)
     samples.png        the comparison's reward-hacking check (the base's samples beside every method's last)
@@ -73,6 +78,23 @@ def _copy_run(src: Path, status: Path, rewards: Path, dst: Path, *, adapter: boo
                 shutil.copy2(strip, dst / "samples" / strip.name)
 
 
+def _ship_fronts(fronts: Path, out: Path, dest: Path, runs: dict[str, list[int]]) -> None:
+    """The fronts' rows with each adapter pointing at the shipped one (``<dest>/<method>/adapter``, relative to
+    the repository when it lies inside it), or empty where the shipped adapter is another seed's."""
+    import pandas as pd
+
+    table = pd.read_csv(fronts)
+    where = dest.resolve()
+    where = where.relative_to(ROOT) if where.is_relative_to(ROOT) else where
+
+    def shipped(row) -> str:
+        seeds = runs.get(row["method"])
+        return f"{(where / row['method'] / 'adapter').as_posix()}" if seeds and row["adapter"].endswith(f"seed{seeds[0]}/adapter") else ""
+
+    table["adapter"] = [shipped(r) for _, r in table.iterrows()]
+    table.to_csv(out, index=False)
+
+
 def ship(comparison: Path, to: Path = DEFAULT_TO, name: str | None = None, force: bool = False) -> Path:
     record_path = comparison / "comparison.json"
     if not record_path.exists() or not (comparison / "summary.csv").exists():
@@ -91,12 +113,19 @@ def ship(comparison: Path, to: Path = DEFAULT_TO, name: str | None = None, force
         raise ShipError(f"{comparison} has no finished run with an adapter; nothing to ship.")
 
     with building_folder(dest) as tmp:
-        for item in ("report.md", "summary.csv", "comparison.json"):
+        for item in ("report.md", "comparison.json"):
             shutil.copy2(comparison / item, tmp / item)
-        for item in ("chosen.json", "sweep.csv"):
+        if (comparison / "fronts.csv").exists():
+            shutil.copy2(comparison / "summary.csv", tmp / "methods.csv")
+            _ship_fronts(comparison / "fronts.csv", tmp / "summary.csv", dest, runs)
+        else:
+            shutil.copy2(comparison / "summary.csv", tmp / "summary.csv")
+        for item in ("chosen.json", "sweep.csv", "picks.csv"):
             if (comparison / "sweep" / item).exists():
                 (tmp / "sweep").mkdir(exist_ok=True)
                 shutil.copy2(comparison / "sweep" / item, tmp / "sweep" / item)
+        if (comparison / "sweep" / "picks.csv").exists():
+            shutil.copy2(comparison / "sweep" / "picks.csv", tmp / "picks.csv")
         figures = comparison / "figures"
         if figures.is_dir():
             (tmp / "figures").mkdir()

@@ -282,6 +282,9 @@ def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
     assert "## Tuning" in report and "| refl | lr | " in report and "| refl | refl.first_fraction |" in report
     assert "Not tested: nabla-r2d3 is not in this comparison" in report
     assert len(pd.read_csv(out / "summary.csv")) == 1
+    dest = ship_runs.ship(out, tiny / "shipped", name="sweep")
+    pd.testing.assert_frame_equal(pd.read_csv(dest / "picks.csv"), picks)
+    assert (dest / "sweep" / "picks.csv").exists() and len(pd.read_csv(dest / "summary.csv")) == 1  # no fronts: per method
 
 
 def test_fronts_give_each_run_points_along_its_lora_scale_with_forgetting(tiny):
@@ -303,6 +306,12 @@ def test_fronts_give_each_run_points_along_its_lora_scale_with_forgetting(tiny):
     before = (out / "runs" / "refl" / "seed0" / "front.csv").stat().st_mtime_ns
     cm.main(_argv(tiny, out, "--fronts", "--resume", methods="refl", seeds=2))  # kept: not evaluated again
     assert (out / "runs" / "refl" / "seed0" / "front.csv").stat().st_mtime_ns == before
+    # shipped: summary.csv is the fronts (one row per method x point) with the shipped adapter's folder
+    dest = ship_runs.ship(out, tiny / "shipped", name="fronts")
+    shipped = pd.read_csv(dest / "summary.csv")
+    assert {"reward", "method", "point", "reward_delta", "ci_low", "ci_high", "adapter"} <= set(shipped.columns)
+    assert len(shipped) == 4 and set(shipped["adapter"]) == {str(dest / "refl" / "adapter")}
+    assert (dest / "refl" / "adapter").is_dir() and len(pd.read_csv(dest / "methods.csv")) == 1
 
 
 def test_draft_1_is_a_named_baseline_beside_draft_k():
