@@ -314,6 +314,13 @@ def test_fronts_give_each_run_points_along_its_lora_scale_with_forgetting(tiny):
     assert (dest / "refl" / "adapter").is_dir() and len(pd.read_csv(dest / "methods.csv")) == 1
 
 
+def test_the_sweep_can_start_from_a_learning_rate_grid_of_its_own():
+    args = ["--reward", "geometry", "--methods", "refl", "--out", "unused", "--sweep"]
+    plan = study.Plan(study.parser().parse_args([*args, "--sweep-lrs", "3e-4, 3e-5,1e-4"]))
+    assert plan.sweep_lrs == (3e-5, 1e-4, 3e-4) and plan.record()["sweep_lrs"] == [3e-5, 1e-4, 3e-4]
+    assert study.Plan(study.parser().parse_args(args)).sweep_lrs == study.SWEEP_LRS
+
+
 def test_draft_1_is_a_named_baseline_beside_draft_k():
     plan = study.Plan(study.parser().parse_args(["--reward", "geometry", "--methods", "all", "--out", "unused",
                                                  "--set", "draft.k=2"]))
@@ -422,6 +429,9 @@ def test_nothing_in_bench_imports_tests():
     (["--set", "seed=3"], "seed is set by the script's own --seeds"),
     (["--set", "nabla.beta=-1"], "nabla.beta = -1.0: must be >= 0"),
     (["--sweep", "--set", "lr=1e-3"], "--sweep tunes lr"),
+    (["--sweep", "--sweep-lrs", "1e-4"], "give at least two values of the ladder"),
+    (["--sweep", "--sweep-lrs", "1e-4,2e-4"], "(0.0002 is not on it)"),
+    (["--sweep", "--sweep-lrs", "1e-4,fast"], "give numbers separated by commas"),
 ])
 def test_bad_arguments_give_one_clear_message_and_write_nothing(tmp_path, capsys, extra, message):
     out = tmp_path / "out"

@@ -65,6 +65,8 @@ def parser(prog: str = "python -m engine.study", usage: str = USAGE) -> argparse
     p.add_argument("--minutes", type=float, help="also stop a run after this much training wall time")
     p.add_argument("--sweep", action="store_true", help="tune every method with the same small sweep first")
     p.add_argument("--sweep-steps", type=int, help="steps of each sweep run (default: max(2, steps // 4))")
+    p.add_argument("--sweep-lrs", help="the learning rates the sweep starts from, a comma list of values on its ladder "
+                   "(default 3e-4,1e-3,3e-3; geometry's trustworthy steps are smaller: 3e-5,1e-4,3e-4)")
     p.add_argument("--sweep-seed", type=int, default=1000, help="the sweep runs' seed (default 1000: none of the final seeds)")
     p.add_argument("--fronts", action="store_true",
                    help="also each run's Pareto points: its adapter at LoRA scales 0.25-1 against four forgetting measures "

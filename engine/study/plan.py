@@ -14,7 +14,7 @@ from ..rewards import parse_ensemble, parse_weight_paths, reward_span
 
 OWN_KEYS = {"method": "--methods", "reward": "--reward", "seed": "--seeds", "steps": "--steps"}  # never by --set
 # a resumed or re-reported comparison must have been made with these settings; methods, seeds and --minutes may change
-MUST_MATCH = ("reward", "steps", "sweep", "sweep_steps", "sweep_seed", "set", "reward_weights", "threads")
+MUST_MATCH = ("reward", "steps", "sweep", "sweep_steps", "sweep_lrs", "sweep_seed", "set", "reward_weights", "threads")
 
 
 class UsageError(ValueError):
@@ -63,10 +63,29 @@ def check_args(args) -> None:
                          "so it cannot tell settings apart).")
     if args.sweep_seed < 0:
         raise UsageError(f"--sweep-seed {args.sweep_seed}: must be >= 0.")
+    sweep_lrs(args)
     for item in args.set:
         key = item.partition("=")[0].strip()
         if key in OWN_KEYS:
             raise UsageError(f"--set {item}: {key} is set by the script's own {OWN_KEYS[key]}; leave it out of --set.")
+
+
+def sweep_lrs(args) -> tuple[float, ...]:
+    """The sweep's first learning-rate grid: ``--sweep-lrs`` (at least two values of the ladder), or the default."""
+    from .sweep import LR_LADDER, SWEEP_LRS
+
+    text = getattr(args, "sweep_lrs", None)
+    if not text:
+        return SWEEP_LRS
+    try:
+        values = tuple(sorted({float(v) for v in text.split(",") if v.strip()}))
+    except ValueError:
+        raise UsageError(f"--sweep-lrs {text}: give numbers separated by commas, e.g. 3e-5,1e-4,3e-4.") from None
+    off = [v for v in values if v not in LR_LADDER]
+    if len(values) < 2 or off:
+        raise UsageError(f"--sweep-lrs {text}: give at least two values of the ladder {', '.join(f'{v:g}' for v in LR_LADDER)}"
+                         + (f" ({', '.join(f'{v:g}' for v in off)} is not on it)" if off else "") + ".")
+    return values
 
 
 def reward_weights(items: list[str]) -> dict[str, str]:
@@ -134,6 +153,7 @@ class Plan:
         self.steps = args.steps
         self.budget = args.minutes * 60.0 if args.minutes else None
         self.sweep_steps = args.sweep_steps or max(2, args.steps // 4)
+        self.sweep_lrs = sweep_lrs(args)
         self.weights = reward_weights(args.reward_weights)
         self.sets = list(args.set)
         self.user_keys = {s.partition("=")[0].strip() for s in self.sets}
@@ -180,6 +200,7 @@ class Plan:
     def record(self) -> dict:
         a = self.args
         return {"reward": a.reward, "steps": a.steps, "sweep": a.sweep, "sweep_steps": self.sweep_steps if a.sweep else None,
+                "sweep_lrs": list(self.sweep_lrs) if a.sweep else None,
                 "sweep_seed": a.sweep_seed if a.sweep else None, "set": self.sets, "reward_weights": self.weights,
                 "threads": a.threads, "methods": self.methods, "seeds": a.seeds, "minutes": a.minutes}
 
@@ -195,6 +216,10 @@ def prepare_out(plan: Plan) -> None:
         if not (plan.args.resume or plan.args.report_only):
             raise UsageError(f"{out} already holds a comparison; pass --resume to continue it, or choose another --out.")
         previous = json.loads(saved.read_text())
+        if previous.get("sweep") and "sweep_lrs" not in previous:  # recorded before --sweep-lrs: the default grid
+            from .sweep import SWEEP_LRS
+
+            previous["sweep_lrs"] = list(SWEEP_LRS)
         diff = [k for k in MUST_MATCH if previous.get(k) != record[k]]
         if diff:
             raise UsageError(f"{out} holds a comparison made with other settings (differs in: {', '.join(diff)}: "

@@ -15,7 +15,7 @@ from .fmt import fmt, log, num, pm, signed
 from .fronts import front_figure
 from .plan import Plan
 from .summary import claims, regime_lines
-from .sweep import LR_LADDER, MAX_EXTEND, SWEEP_LRS, TIE_SE, TUNE_SEEDS
+from .sweep import LR_LADDER, MAX_EXTEND, TIE_SE, TUNE_SEEDS
 
 DEFAULT_PROG = "python bench/compare_methods.py"  # the command the report echoes when the arguments do not say
 
@@ -30,7 +30,7 @@ def tuning_section(plan: Plan, chosen: dict, sweep_rows: list[dict]) -> list[str
     """The sweep: how it ran, each method's axes with their picks, whether each is inside its grid, and ties."""
     a = plan.args
     lines = ["## Tuning (the same sweep for every method)", "",
-             f"Each method: learning rates {{{', '.join(map(fmt, SWEEP_LRS))}}} at its default knobs, then at the picked "
+             f"Each method: learning rates {{{', '.join(map(fmt, plan.sweep_lrs))}}} at its default knobs, then at the picked "
              f"learning rate the values of one knob of its own; a grid whose best sits at an end is extended (at most "
              f"{MAX_EXTEND} times; learning rates along {', '.join(map(fmt, LR_LADDER))}). {plan.sweep_steps} steps per trial, "
              f"seed {a.sweep_seed}. Each trial is scored by the paired change of the held-out reward from the base on the "
@@ -162,6 +162,8 @@ def argv_echo(a) -> list[str]:
         parts.append(f"--minutes {num(a.minutes)}")
     if a.sweep:
         parts.append(f"--sweep --sweep-steps {a.sweep_steps or max(2, a.steps // 4)} --sweep-seed {a.sweep_seed}")
+        if getattr(a, "sweep_lrs", None):
+            parts.append(f"--sweep-lrs {a.sweep_lrs}")
     parts.append(f"--out {a.out}")
     if a.set:
         parts.append("--set " + " ".join(a.set))

@@ -3,7 +3,7 @@ that extend themselves until the pick is inside.
 
 Per method (seed ``--sweep-seed``, ``--sweep-steps`` steps per trial, no evaluation while training):
 
-1. the learning rate, starting from ``SWEEP_LRS`` at the method's default knobs; while the best sits at an
+1. the learning rate, starting from ``SWEEP_LRS`` (or ``--sweep-lrs``) at the method's default knobs; while the best sits at an
    end of the grid, the next value of ``LR_LADDER`` beyond it is tried (at most ``MAX_EXTEND`` times, never
    past the ladder: 1e-5 to 1e-2);
 2. at the picked learning rate, the knob the method declares a sweep grid for (``engine.align.knobs``; see
@@ -169,7 +169,7 @@ def sweep_method(plan: Plan, method: str) -> dict:
         return {"knob": label, "values": grid, "pick": pick, "inside_grid": inside, "rows": rows, "names": names,
                 "ties": [v for v in grid if rows.get(names[v], {}).get("tie")]}
 
-    lr_axis = axis("lr", list(SWEEP_LRS), lambda lr: trial(lr, default, "lr"), LR_LADDER)
+    lr_axis = axis("lr", list(plan.sweep_lrs), lambda lr: trial(lr, default, "lr"), LR_LADDER)
     lr = lr_axis["pick"] if lr_axis["pick"] is not None else plan.base_configs[method].lr
     axes = [lr_axis]
     value = default
