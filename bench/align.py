@@ -21,7 +21,9 @@ peak memory, nothing carried over) and prints one JSON line:
 - ``sampling``: seconds per asset of 20-step CFG sampling at batch 1 and 8, the denoiser's model FLOPs per
   asset (as the stock diffusers forward counts them: linear layers, convolutions and attention), the
   achieved GFLOP/s, and this machine's fp32 GEMM rate measured in the same process at the same thread
-  count (a 1024³ matrix product): the fraction is the physical limit the denoiser is measured against;
+  count (a 1024³ matrix product): the fraction is the physical limit the denoiser is measured against; and
+  ``heavy_share``: the share of one CFG call that its matrix products, attention and convolutions take when
+  each is replayed alone at its own shapes (the rest is what fusing element-wise work could remove);
 - ``eval``: seconds for one held-out evaluation of a run (a LoRA-adapted model, ``--eval-prompts`` held-out
   prompts x 2 seeds at the run's sampler steps, 128 px), the base's once-per-run pass apart;
 - ``metrics`` (``--only metrics``, with ``--against``): ``--steps`` optimiser steps of each method from the
@@ -181,6 +183,39 @@ def _model_flops(model, x, t, cond, uncond, guidance) -> int:
     return counter.get_total_flops()
 
 
+HEAVY_OPS = ("mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu", "convolution")
+
+
+def _heavy_floor(model, x, t, cond, uncond, guidance, repeats: int = 5) -> tuple[float, float]:
+    """(seconds of one CFG call, seconds of its matrix products, attention and convolutions alone): every such
+    op the call dispatches, replayed on its own with copies of its inputs (warm, best of ``repeats``). The rest of
+    the call (element-wise passes, layer norms, the GELU, copies, dispatch) is what fusing could remove; the
+    heavy ops' time is the floor of the stock kernels at the model's shapes."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from engine.core.sampling import guided_eps
+
+    calls = []
+
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in HEAVY_OPS:
+                calls.append((func, [a.clone() if isinstance(a, torch.Tensor) else a for a in args], dict(kwargs or {})))
+            return func(*args, **(kwargs or {}))
+
+    def best(fn, n):
+        fn()
+        return min(_timed(lambda: [fn() for _ in range(n)]) / n for _ in range(repeats))
+
+    with torch.no_grad():
+        with Record():
+            guided_eps(model, x, t, cond, uncond, guidance)
+        whole = best(lambda: guided_eps(model, x, t, cond, uncond, guidance), 3)
+        heavy = sum(best(lambda: func(*args, **kwargs), 10) for func, args, kwargs in calls)
+    return whole, heavy
+
+
 def measure_sampling(batches: list[int], steps: int, repeats: int) -> dict:
     import torch
 
@@ -203,6 +238,9 @@ def measure_sampling(batches: list[int], steps: int, repeats: int) -> dict:
         out[f"b{B}_s_per_asset"] = round(per_asset, 4)
         out[f"b{B}_gflop_per_asset"] = round(flops / 1e9, 2)
         out[f"b{B}_gflops"] = round(flops / per_asset / 1e9, 1)
+        call, heavy = _heavy_floor(model, torch.randn(B, *model.latent_shape), torch.tensor(500), cond, null.repeat(B),
+                                   model.guidance_default)
+        out[f"b{B}_heavy_share"] = round(heavy / call, 3)  # of one CFG call: matrix products + attention alone
     out["gemm_gflops"] = round(gemm_gflops(), 1)
     for B in batches:
         out[f"b{B}_gemm_fraction"] = round(out[f"b{B}_gflops"] / out["gemm_gflops"], 3)
@@ -334,6 +372,9 @@ def against(args) -> None:
                 if "gemm_gflops" in x:
                     print(f"| sampling GEMM fraction, {label} | batch 1: {x['b1_gemm_fraction']:.0%} ({x['b1_gflops']} GFLOP/s) | "
                           f"batch 8: {x['b8_gemm_fraction']:.0%} ({x['b8_gflops']} GFLOP/s) | fp32 GEMM {x['gemm_gflops']} GFLOP/s |")
+                    if "b1_heavy_share" in x:
+                        print(f"| heavy ops' share of a CFG call, {label} | batch 1: {x['b1_heavy_share']:.0%} | "
+                              f"batch 8: {x['b8_heavy_share']:.0%} | |")
 
 
 def pair(args) -> None:
