@@ -58,6 +58,8 @@ class NablaConfig:
                           "every transition weighs alike (same fixed point)", choices=("score", "eps"))
     lookahead: str = knob("next", "x̂0 at ᾱ(t_{j+1}); \"reference\" reproduces the reference's double shift (§8 B1)",
                           choices=("next", "reference"))
+    # off by default: measured (bench/nabla_lag.py, alignment, 3 seeds) the lag gained less held-out alignment (paired
+    # difference −0.012 [−0.023, −0.003]) and forgot no less; with it the λ trust region acts
     lag: bool = knob(False, "train on the previous round's samples (the reference's one-round lag, §2.4)")
 
     def validate(self, steps: int) -> None:
