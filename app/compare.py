@@ -44,6 +44,7 @@ from .evaluations import (
     settings,
     status_line,
 )
+from . import studies
 from .sessions import refusal, session_dir
 
 MAX_MODELS = 4
@@ -633,10 +634,28 @@ def build_tab() -> None:
                 scale_views = gr.Image(label="4 views at α", type="filepath", height=360, elem_id="compare-scale-views")
                 scale_info = gr.Markdown(elem_id="compare-scale-info")
 
+    with gr.Accordion("Shipped studies: held-out gain against forgetting", open=False):
+        names = studies.study_names()
+        with gr.Row():
+            study = gr.Dropdown(names, value=names[0] if names else None, label="Study", elem_id="compare-study",
+                                info="checkpoints/runs/: each reward's comparison of the methods")
+            axis = gr.Dropdown([(title, col) for col, (title, _) in studies.AXES.items()], value="kid_vs_base",
+                               label="Forgetting measure (x axis)")
+        front = gr.Plot(show_label=False, elem_id="compare-front")
+        study_info = gr.Markdown()
+        study_table = gr.Dataframe(interactive=False, label="The study's rows (fronts: one per method and LoRA scale α)")
+        with gr.Row():
+            study_method = gr.Dropdown([], label="Method", allow_custom_value=True)
+            put = gr.Button("Put its run beside the base", scale=0, min_width=220)
+
     triggers = [refresh.click, models.focus] + ([tab.select] if isinstance(tab, gr.Tab) else [])
     for trigger in triggers:
         trigger(refresh_models, models, models, queue=False, api_visibility="private")
     models.change(scale_choices, models, scale_model, queue=False, api_visibility="private")
+    study_outputs = [front, study_table, study_info, study_method]
+    for trigger in (study.change, axis.change) + ((tab.select,) if isinstance(tab, gr.Tab) else ()):
+        trigger(studies.view, [study, axis], study_outputs, queue=False, api_visibility="private")
+    put.click(studies.beside_base, [study, study_method], models, queue=False, api_name="study_beside_base")
     outputs = [*slot_outputs, scores, plys, curves_step, curves_wall, evaluation, verdict, info]
     job = run.click(run_compare, [prompt, seed, steps, models, frames], outputs, api_name="compare", concurrency_limit=1)
     job.then(None, js=TURN_TOGETHER)  # in the browser only: the turntables restart together once all are loaded

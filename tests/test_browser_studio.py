@@ -323,3 +323,16 @@ def test_compare_tab_shows_base_beside_the_new_run(page):
     rows = table.get_by_role("row").all_inner_texts()
     assert any(r.strip().startswith("base") for r in rows) and any(run in r for r in rows), rows
     _shot(page, "compare")
+
+
+def test_compare_tab_shows_a_shipped_study_and_puts_its_run_beside_the_base(page):
+    panel = _open(page, "Compare")
+    panel.get_by_text("Shipped studies: held-out gain against forgetting").click()
+    _choose(panel, "Study", "geometry")
+    table = panel.get_by_role("grid", name=re.compile("The study's rows"))
+    table.get_by_text("nabla-r2d3").first.wait_for()
+    assert table.get_attribute("aria-rowcount") == "8", table.inner_text()  # the header and 7 methods
+    panel.get_by_text("final points only (the first edition has no fronts").wait_for()
+    _choose(panel, "Method", "refl")
+    panel.get_by_role("button", name="Put its run beside the base").click()
+    panel.get_by_text("Shipped · ReFL on geometry", exact=True).wait_for()  # the models list's token, in words

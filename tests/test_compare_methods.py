@@ -312,6 +312,15 @@ def test_fronts_give_each_run_points_along_its_lora_scale_with_forgetting(tiny):
     assert {"reward", "method", "point", "reward_delta", "ci_low", "ci_high", "adapter"} <= set(shipped.columns)
     assert len(shipped) == 4 and set(shipped["adapter"]) == {str(dest / "refl" / "adapter")}
     assert (dest / "refl" / "adapter").is_dir() and len(pd.read_csv(dest / "methods.csv")) == 1
+    # the Compare tab draws it: one line through the four points, each with its interval
+    from app import studies
+
+    figure, table, info, methods = studies.view("fronts", "eps_kl", root=tiny / "shipped")
+    (line,) = figure.data
+    assert list(line.text) == ["α=0.25", "α=0.5", "α=0.75", "α=1"] and list(line.x) == list(shipped["eps_kl"])
+    assert list(line.error_y.array) == pytest.approx(list(shipped["ci_high"] - shipped["reward_delta"]))
+    assert len(table) == 4 and methods["choices"] == ["refl"] and "**fronts** (1 methods" in info
+    assert studies.beside_base("fronts", "refl", root=tiny / "shipped") == ["base", "shipped: fronts/refl"]
 
 
 def test_the_sweep_can_start_from_a_learning_rate_grid_of_its_own():

@@ -12,6 +12,9 @@ from ..align.methods import METHODS
 from ..core.io import atomic_write_json
 from ..rewards import parse_ensemble, parse_weight_paths, reward_span
 
+SWEEP_LRS = (3e-4, 1e-3, 3e-3)  # the sweep's first learning-rate grid; an Adam step moves each weight by about lr
+LR_LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # where the learning-rate grid may extend
+
 OWN_KEYS = {"method": "--methods", "reward": "--reward", "seed": "--seeds", "steps": "--steps"}  # never by --set
 # a resumed or re-reported comparison must have been made with these settings; methods, seeds and --minutes may change
 MUST_MATCH = ("reward", "steps", "sweep", "sweep_steps", "sweep_lrs", "sweep_seed", "set", "reward_weights", "threads")
@@ -72,8 +75,6 @@ def check_args(args) -> None:
 
 def sweep_lrs(args) -> tuple[float, ...]:
     """The sweep's first learning-rate grid: ``--sweep-lrs`` (at least two values of the ladder), or the default."""
-    from .sweep import LR_LADDER, SWEEP_LRS
-
     text = getattr(args, "sweep_lrs", None)
     if not text:
         return SWEEP_LRS
@@ -217,8 +218,6 @@ def prepare_out(plan: Plan) -> None:
             raise UsageError(f"{out} already holds a comparison; pass --resume to continue it, or choose another --out.")
         previous = json.loads(saved.read_text())
         if previous.get("sweep") and "sweep_lrs" not in previous:  # recorded before --sweep-lrs: the default grid
-            from .sweep import SWEEP_LRS
-
             previous["sweep_lrs"] = list(SWEEP_LRS)
         diff = [k for k in MUST_MATCH if previous.get(k) != record[k]]
         if diff:

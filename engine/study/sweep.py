@@ -30,11 +30,9 @@ import pandas as pd
 from ..align.run_folder import RunFolder, read_csv, write_csv
 from ..core.io import atomic_write_json
 from .fmt import fmt, log, num
-from .plan import Plan, UsageError, knob_value
+from .plan import LR_LADDER, SWEEP_LRS, Plan, UsageError, knob_value  # noqa: F401  (SWEEP_LRS: this module's API)
 from .runs import train_run
 
-SWEEP_LRS = (3e-4, 1e-3, 3e-3)  # the first grid; an Adam step moves each weight by about lr
-LR_LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)  # where the learning-rate grid may extend
 MAX_EXTEND = 2  # extensions per swept axis beyond the first grid
 TUNE_SEEDS = (1000, 1001)  # the tuning evaluation's noise: fresh, never the final evaluation's seeds 0..n-1
 TIE_SE = 2.0
