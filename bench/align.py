@@ -54,6 +54,25 @@ KINDS = ("step", "sampling", "eval", "metrics")
 
 
 # ------------------------------------------------------------------------------- measurements (child)
+# where each name the measurements import lives: this tree's layout first, then the one before engine/core/ (b9be9cb),
+# so that --against can measure a revision from before the throughput work (4785236)
+LAYOUTS = {"guided_eps": ("engine.core.sampling", "engine.sampling"), "sample": ("engine.core.sampling", "engine.sampling"),
+           "lora": ("engine.models.lora", "engine.align.lora"), "EVAL_PROMPTS": ("engine.prompts", "engine.align.trainer"),
+           "read_prompts": ("engine.prompts", "engine.align.trainer")}
+
+
+def engine_name(name: str):
+    import importlib
+
+    for module in LAYOUTS[name]:
+        try:
+            found = importlib.import_module(module)
+        except ModuleNotFoundError:
+            continue
+        return found if module.endswith(f".{name}") else getattr(found, name)
+    raise ImportError(f"{name} is in none of {', '.join(LAYOUTS[name])}")
+
+
 class Clock:
     """Wall time and rows per part of a step, gathered by wrapping the model's and reward's calls."""
 
@@ -164,7 +183,7 @@ def _model_flops(model, x, t, cond, uncond, guidance) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from engine.core.sampling import guided_eps
+    guided_eps = engine_name("guided_eps")
 
     def attention(q, k, v, *args, **kwargs):  # QKᵀ and PV (the CPU flash kernel has no formula of its own)
         return 4 * q[0] * q[1] * q[2] * k[2] * q[3]
@@ -194,7 +213,7 @@ def _heavy_floor(model, x, t, cond, uncond, guidance, repeats: int = 5) -> tuple
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from engine.core.sampling import guided_eps
+    guided_eps = engine_name("guided_eps")
 
     calls = []
 
@@ -219,7 +238,7 @@ def _heavy_floor(model, x, t, cond, uncond, guidance, repeats: int = 5) -> tuple
 def measure_sampling(batches: list[int], steps: int, repeats: int) -> dict:
     import torch
 
-    from engine.core.sampling import sample
+    sample = engine_name("sample")
     from engine.generate import load_model
 
     model = load_model("tiny")
@@ -252,8 +271,7 @@ def measure_eval(prompt_count: int, steps: int, seeds: int) -> dict:
 
     from engine.align.evaluate import EvalSettings, RunEvaluator
     from engine.generate import load_model
-    from engine.models import lora
-    from engine.prompts import EVAL_PROMPTS, read_prompts
+    lora, EVAL_PROMPTS, read_prompts = (engine_name(n) for n in ("lora", "EVAL_PROMPTS", "read_prompts"))
 
     model = load_model("tiny")
     torch.manual_seed(0)
