@@ -639,7 +639,7 @@ def build_tab() -> None:
         with gr.Row():
             study = gr.Dropdown(names, value=names[0] if names else None, label="Study", elem_id="compare-study",
                                 info="checkpoints/runs/: each reward's comparison of the methods")
-            axis = gr.Dropdown([(title, col) for col, (title, _) in studies.AXES.items()], value="kid_vs_base",
+            axis = gr.Dropdown([(title, col) for col, title in studies.AXES.items()], value="kid_vs_base",
                                label="Forgetting measure (x axis)")
         front = gr.Plot(show_label=False, elem_id="compare-front")
         study_info = gr.Markdown()

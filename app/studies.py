@@ -16,11 +16,11 @@ import plotly.graph_objects as go
 
 from .catalogue import BASE, SHIPPED_RUNS
 
-# the forgetting measures a front can be drawn against: column -> (axis title, higher is better)
-AXES = {"kid_vs_base": ("KID vs the base's renders (lower: closer to the base)", False),
-        "eps_kl": ("ε-space KL to the base", False),
-        "category_acc_delta": ("category accuracy Δ", True),
-        "alignment_delta": ("text alignment Δ (when alignment is not the reward)", True)}
+# the forgetting measures a front can be drawn against: column -> axis title
+AXES = {"kid_vs_base": "KID vs the base's renders (lower: closer to the base)",
+        "eps_kl": "ε-space KL to the base (lower: closer to the base)",
+        "category_acc_delta": "category accuracy Δ",
+        "alignment_delta": "text alignment Δ (when alignment is not the reward)"}
 METHOD_COLUMNS = {"method": "method", "n_seeds": "seeds", "final_reward_mean": "final reward", "final_reward_std": "± sd",
                   "delta_reward_mean": "Δ reward", "delta_reward_ci_low": "Δ low", "delta_reward_ci_high": "Δ high",
                   "alignment_delta_mean": "alignment Δ", "kid_vs_base_mean": "KID vs base"}
@@ -57,7 +57,7 @@ def read_study(name: str, root: Path = SHIPPED_RUNS) -> Study:
 def front_figure(study: Study, axis: str = "kid_vs_base") -> go.Figure:
     """Held-out reward gain (with its 95% interval) against ``axis``, one line per method through its points."""
     fig = go.Figure()
-    title, _ = AXES.get(axis, (axis, False))
+    title = AXES.get(axis, axis)
     if not study.fronts:  # one final point per method (seed mean ± sd across seeds): no interval, no scale points
         rows = study.table.dropna(subset=[f"{axis}_mean"]) if f"{axis}_mean" in study.table else study.table.iloc[0:0]
         for r in rows.itertuples():
@@ -123,13 +123,6 @@ def view(name: str | None, axis: str = "kid_vs_base", root: Path = SHIPPED_RUNS)
     methods = [m for m in study.methods if (study.folder / m / "adapter").is_dir()]
     return (front_figure(study, axis), shown_table(study), describe(study),
             gr.update(choices=methods, value=methods[0] if methods else None))
-
-
-def study_choices():
-    import gradio as gr
-
-    names = study_names()
-    return gr.update(choices=names)
 
 
 def beside_base(name: str | None, method: str | None, root: Path = SHIPPED_RUNS) -> list[str]:
