@@ -111,6 +111,9 @@ def test_report_has_the_table_the_claims_and_the_figures(comparison):
             "alignment Δ | category acc Δ | KID vs base | diversity Δ |") in report
     assert "| base |" in report
     assert "- Command: `python bench/compare_methods.py --reward 'colorfulness' --methods refl,nabla-r2d3 --seeds 2" in report
+    table = pd.read_csv(comparison / "summary.csv")
+    hours = (table["seconds"] * table["n_seeds"]).sum() / 3600  # 1 thread; this comparison has no sweep
+    assert f"- Compute used for training: {hours:.2f} core-hours ({hours:.2f} final runs, 0.00 sweep), at 1 torch thread(s)" in report
     for method in METHODS:
         assert any(line.startswith(f"| {method} |") and " ± " in line for line in report.splitlines())
     claims = [line for line in report.splitlines() if line.startswith("- **")]

@@ -70,6 +70,16 @@ def fronts_section(fronts: pd.DataFrame) -> list[str]:
                     "along the adapter's own samples. Machine-readable: fronts.csv."]
 
 
+def compute_used(plan: Plan, table: pd.DataFrame, sweep_rows: list[dict]) -> str:
+    """The study's training time in core-hours (seconds x torch threads): the final runs and the sweep's trials.
+    Evaluation, fronts and samples are not timed by the runs and come on top."""
+    final = float((table["seconds"].fillna(0) * table["n_seeds"]).sum())
+    sweep = float(sum(r.get("seconds") or 0.0 for r in sweep_rows))
+    hours = lambda s: s * plan.args.threads / 3600  # noqa: E731
+    return (f"- Compute used for training: {hours(final + sweep):.2f} core-hours ({hours(final):.2f} final runs, "
+            f"{hours(sweep):.2f} sweep), at {plan.args.threads} torch thread(s); evaluation comes on top.")
+
+
 def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_paths: list[str], png: bool,
                  sweep_rows: list[dict], sheet: Path | None = None, fronts: pd.DataFrame | None = None) -> Path:
     a = plan.args
@@ -122,6 +132,7 @@ def write_report(plan: Plan, table: pd.DataFrame, info: dict, chosen: dict, fig_
         if r["n_seeds"]:
             lines.append(f"- {r['method']}: {num(r['steps'])} steps, {num(r['seconds'], 3)} s, "
                          f"{num(r['reward_images'], 6)} reward images" + (f"; {r['n_failed']} seed(s) failed" if r["n_failed"] else ""))
+    lines.append(compute_used(plan, table, sweep_rows))
     stopped = [(m, r["seed"]) for m, (runs, _) in info["per_method"].items() for r in runs if r["status"].get("stopped_by") == "time"]
     if stopped:
         lines.append(f"- Stopped by the time budget: {', '.join(f'{m} seed {s}' for m, s in stopped)}.")
