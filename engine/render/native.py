@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..cbuild import build
+from ..cbuild import build, wide_vectors
 from .projection import TileBins
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def _load(dtype: torch.dtype) -> ctypes.CDLL | None:
         if dtype not in _LIBS:
             scalar = {torch.float32: "float", torch.float64: "double"}[dtype]
             try:
-                lib = ctypes.CDLL(str(build(_SOURCE, (f"SCALAR={scalar}",))))
+                lib = ctypes.CDLL(str(build(_SOURCE, (f"SCALAR={scalar}",), wide_vectors())))
                 for fn in (lib.rasterize_forward, lib.rasterize_backward):
                     fn.restype = None
                 lib.bin_fill.restype = ctypes.c_int
