@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..cbuild import build
+from ..cbuild import build, wide_vectors
 
 log = logging.getLogger(__name__)
 _SOURCE = Path(__file__).with_name("native") / "gelu.c"
@@ -33,7 +33,7 @@ def _lib():
     with _LOCK:
         if not _LIB:
             try:
-                lib = ctypes.CDLL(str(build(_SOURCE)))
+                lib = ctypes.CDLL(str(build(_SOURCE, extra=wide_vectors())))
                 lib.gelu_forward.restype = lib.gelu_backward.restype = None
                 _LIB.append(lib)
             except Exception as err:  # no compiler, read-only cache, ...: PyTorch's kernel
