@@ -155,8 +155,7 @@ def _tile_rects(proj: Projected, width: int, height: int, tile_size: int) -> Ten
     hi = torch.minimum(torch.floor(m2 + ext - 0.5), torch.tensor([width - 1.0, height - 1.0], dtype=m2.dtype, device=m2.device))
     rect = torch.cat([torch.div(lo, tile_size, rounding_mode="floor"), torch.div(hi, tile_size, rounding_mode="floor")], -1).long()
     culled = ~(ext > 0).all(-1) | (rect[..., 2] < rect[..., 0]) | (rect[..., 3] < rect[..., 1])
-    rect[culled] = torch.tensor([0, 0, -1, -1], device=rect.device)
-    return rect
+    return torch.where(culled[..., None], torch.tensor([0, 0, -1, -1], device=rect.device), rect)
 
 
 @torch.no_grad()
@@ -171,14 +170,15 @@ def bin_tiles(proj: Projected, width: int, height: int, tile_size: int = 8, fill
     rect = _tile_rects(proj, width, height, tile_size)  # [C, N, 4]
     counts = ((rect[..., 2] - rect[..., 0] + 1) * (rect[..., 3] - rect[..., 1] + 1)).reshape(-1)  # [C * N]
     order = torch.argsort(proj.depths, dim=1, stable=True)  # each camera's Gaussians front to back
-    # Per-tile counts: add 1 over each rectangle via a 2D difference array, then prefix sums.
-    diff = torch.zeros(C, TY + 1, TX + 1, dtype=torch.long, device=device)
-    cam = torch.arange(C, device=device)[:, None].expand(C, N)
-    x0, y0, x1, y1 = rect.unbind(-1)
-    vis = counts.reshape(C, N) > 0
-    for ys, xs, sign in ((y0, x0, 1), (y0, x1 + 1, -1), (y1 + 1, x0, -1), (y1 + 1, x1 + 1, 1)):
-        diff.index_put_((cam[vis], ys[vis], xs[vis]), torch.full_like(ys[vis], sign), accumulate=True)
-    tile_counts = diff.cumsum(1).cumsum(2)[:, :TY, :TX].reshape(-1)
+    # Per-tile counts: add 1 over each rectangle via a 2D difference array (+1 at two corners, -1 at the other
+    # two, counted with bincount over flat indices), then prefix sums.
+    shown = (counts > 0).nonzero().squeeze(1)  # flat (camera, Gaussian) indices with at least one tile
+    c = torch.div(shown, N, rounding_mode="floor")
+    x0, y0, x1, y1 = rect.reshape(-1, 4)[shown].unbind(-1)
+    size = C * (TY + 1) * (TX + 1)
+    corner = lambda ys, xs: torch.bincount((c * (TY + 1) + ys) * (TX + 1) + xs, minlength=size)  # noqa: E731
+    diff = corner(y0, x0) + corner(y1 + 1, x1 + 1) - corner(y0, x1 + 1) - corner(y1 + 1, x0)
+    tile_counts = diff.view(C, TY + 1, TX + 1).cumsum(1).cumsum(2)[:, :TY, :TX].reshape(-1)
     offsets = torch.zeros(C * TY * TX + 1, dtype=torch.long, device=device)
     offsets[1:] = torch.cumsum(tile_counts, 0)
     E = int(offsets[-1])
@@ -188,7 +188,7 @@ def bin_tiles(proj: Projected, width: int, height: int, tile_size: int = 8, fill
         return TileBins(flat_ids=flat_ids, offsets=offsets, tile_size=tile_size, tiles_x=TX, tiles_y=TY)
 
     # PyTorch path: one entry per (Gaussian, tile) in depth order, then a stable sort by tile.
-    sorted_flat = (cam * N + order).reshape(-1)
+    sorted_flat = (torch.arange(C, device=device)[:, None] * N + order).reshape(-1)
     counts_sorted = counts[sorted_flat]
     src = torch.repeat_interleave(sorted_flat, counts_sorted)
     starts = torch.cumsum(counts_sorted, 0) - counts_sorted
