@@ -4,7 +4,8 @@ Four sources, scanned on every call (cheap: a few small JSON files), so a run sa
 once in every list:
 
     base                        the embedded tiny model, no adapter
-    shipped: <reward>/<method>  checkpoints/runs/<reward>/<method>/  (the comparison's runs)
+    shipped: <reward>/<method>  checkpoints/runs/<reward>/<method>/  (the comparison's runs; its other seeds'
+                                adapters, where shipped, as shipped: <reward>/<method>/seed<k>)
     run: <name>                 <runs dir>/<name>/adapter            (runs made on this server, or by the CLI)
     upload: <name>              <uploads dir>/<name>/                (adapters people uploaded)
 
@@ -74,6 +75,10 @@ class Catalogue:
                 run = adapter.parent
                 if e := _adapter_entry(f"shipped: {run.parent.name}/{run.name}", "shipped", adapter, run):
                     out[e.label] = e
+                for seed_adapter in sorted(run.glob("seeds/seed*/adapter")):  # a study shipped with every seed's adapter
+                    seed = seed_adapter.parent
+                    if e := _adapter_entry(f"shipped: {run.parent.name}/{run.name}/{seed.name}", "shipped", seed_adapter, seed):
+                        out[e.label] = e
         if self.runs_dir.is_dir():
             for adapter in sorted(self.runs_dir.glob("*/adapter")):
                 if e := _adapter_entry(f"run: {adapter.parent.name}", "run", adapter, adapter.parent):
@@ -177,7 +182,8 @@ def display_name(entry: Entry) -> str:
         return f"{GROUPS['run']} · {what or name} · {when}"
     if entry.kind == "upload":
         return f"{GROUPS['upload']} · {name}" + (f" ({what})" if what else "")
-    return f"{GROUPS[entry.kind]} · {what or name}"
+    seed = re.fullmatch(r".+/seed(\d+)", name) if entry.kind == "shipped" else None
+    return f"{GROUPS[entry.kind]} · {what or name}" + (f", seed {seed.group(1)}" if seed else "")
 
 
 ALLOWED_FILES = (lora.CONFIG_FILE, lora.WEIGHTS_FILE, lora.INFO_FILE)

@@ -645,7 +645,8 @@ def build_tab() -> None:
         study_info = gr.Markdown()
         study_table = gr.Dataframe(interactive=False, label="The study's rows (fronts: one per method and LoRA scale α)")
         with gr.Row():
-            study_method = gr.Dropdown([], label="Method", allow_custom_value=True)
+            study_method = gr.Dropdown([], label="Run", allow_custom_value=True,
+                                       info="a method (its first seed), or method/seed<k> where every seed's adapter ships")
             put = gr.Button("Put its run beside the base", scale=0, min_width=220)
 
     triggers = [refresh.click, models.focus] + ([tab.select] if isinstance(tab, gr.Tab) else [])

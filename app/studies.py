@@ -120,17 +120,33 @@ def view(name: str | None, axis: str = "kid_vs_base", root: Path = SHIPPED_RUNS)
         study = read_study(name, root)
     except ValueError as err:
         raise gr.Error(str(err)) from None
-    methods = [m for m in study.methods if (study.folder / m / "adapter").is_dir()]
+    runs = run_choices(study)
     return (front_figure(study, axis), shown_table(study), describe(study),
-            gr.update(choices=methods, value=methods[0] if methods else None))
+            gr.update(choices=runs, value=runs[0] if runs else None))
+
+
+def run_choices(study: Study) -> list[str]:
+    """The study's runs with a shipped adapter: ``<method>`` (its first seed) and ``<method>/seed<k>`` (the others,
+    where the study was shipped with every adapter)."""
+    out = []
+    for m in study.methods:
+        if _adapter(study.folder, m).is_dir():
+            out.append(m)
+        out += [f"{m}/{p.parent.name}" for p in sorted((study.folder / m).glob("seeds/seed*/adapter"))]
+    return out
+
+
+def _adapter(folder: Path, run: str) -> Path:
+    method, _, seed = run.partition("/")
+    return folder / method / ("seeds/" + seed if seed else "") / "adapter"
 
 
 def beside_base(name: str | None, method: str | None, root: Path = SHIPPED_RUNS) -> list[str]:
-    """The Compare tab's model list with a shipped run beside the base."""
+    """The Compare tab's model list with a shipped run (``<method>`` or ``<method>/seed<k>``) beside the base."""
     import gradio as gr
 
     if not name or not method:
         raise gr.Error("Choose a shipped study and one of its methods.")
-    if not (Path(root) / name / method / "adapter").is_dir():
+    if not _adapter(Path(root) / name, method).is_dir():
         raise gr.Error(f"{name}/{method} ships no adapter.")
     return [BASE, f"shipped: {name}/{method}"]

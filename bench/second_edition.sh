@@ -3,7 +3,9 @@
 # 2-core CPU, tuned by the paired held-out sweep, with LoRA-scale fronts. Resumable at any point: run the same
 # command again and finished runs are skipped, a cut one resumes from its last checkpoint (every 5 steps), so
 # the study runs in chunks (one per working session) until every reward is done; then ship each reward with
-#     python bench/ship_runs.py outputs/second-edition/<name> --name <name> --force
+#     python bench/ship_runs.py outputs/second-edition/<name> --name <name> --force --every-adapter
+# (every seed's adapter, ~1 MB each: 4 methods x 3 seeds x 4 rewards ~ 46 MB, within the 80 MB the issue allows once
+# the first edition's folders are replaced)
 #
 #     bash bench/second_edition.sh                       # all four rewards, one after another
 #     bash bench/second_edition.sh geometry & bash bench/second_edition.sh alignment   # two streams, one per core

@@ -17,7 +17,8 @@ What lands in ``<to>/<name>/`` (small: LoRA adapters and CSVs; no optimiser stat
     <method>/          the run of the first finished seed: adapter/, config.json, metrics.csv, eval.csv,
                        status.json, rewards.csv, samples/ (first and last strip). The studio lists it as
                        "shipped: <name>/<method>" and draws its curves.
-    <method>/seeds/seed<k>/   the other finished seeds' config.json, metrics.csv, eval.csv, status.json
+    <method>/seeds/seed<k>/   the other finished seeds' config.json, metrics.csv, eval.csv, status.json (and
+                       with --every-adapter their adapter/: the studio lists them as "shipped: <name>/<method>/seed<k>")
 
 The destination is built beside itself and swapped in whole, so a failed copy leaves the old one as it was.
 """
@@ -61,7 +62,7 @@ def finished_seeds(method_dir: Path) -> list[int]:
     return sorted(seeds)
 
 
-def _copy_run(src: Path, status: Path, rewards: Path, dst: Path, *, adapter: bool) -> None:
+def _copy_run(src: Path, status: Path, rewards: Path, dst: Path, *, adapter: bool, samples: bool) -> None:
     dst.mkdir(parents=True)
     for name in RUN_CSVS:
         if (src / name).exists():
@@ -71,6 +72,7 @@ def _copy_run(src: Path, status: Path, rewards: Path, dst: Path, *, adapter: boo
         shutil.copy2(rewards, dst / "rewards.csv")
     if adapter:
         shutil.copytree(src / "adapter", dst / "adapter")
+    if samples:
         strips = sorted((src / "samples").glob("step_*.png"))
         if strips:
             (dst / "samples").mkdir()
@@ -95,7 +97,10 @@ def _ship_fronts(fronts: Path, out: Path, dest: Path, runs: dict[str, list[int]]
     table.to_csv(out, index=False)
 
 
-def ship(comparison: Path, to: Path = DEFAULT_TO, name: str | None = None, force: bool = False) -> Path:
+def ship(comparison: Path, to: Path = DEFAULT_TO, name: str | None = None, force: bool = False,
+         every_adapter: bool = False) -> Path:
+    """Copies ``comparison`` into ``to/name``; ``every_adapter``: the other seeds' adapters too (each run of the
+    study can then be put beside the base), else only the first finished seed's."""
     record_path = comparison / "comparison.json"
     if not record_path.exists() or not (comparison / "summary.csv").exists():
         raise ShipError(f"{comparison} holds no finished comparison (comparison.json and summary.csv); "
@@ -142,7 +147,7 @@ def ship(comparison: Path, to: Path = DEFAULT_TO, name: str | None = None, force
             for k, seed in enumerate(seeds):
                 dst = tmp / m if k == 0 else tmp / m / "seeds" / f"seed{seed}"
                 _copy_run(src_dir / f"seed{seed}", src_dir / f"seed{seed}.status.json", src_dir / f"seed{seed}.rewards.csv",
-                          dst, adapter=k == 0)
+                          dst, adapter=k == 0 or every_adapter, samples=k == 0)
         if (comparison / "samples.png").exists():
             shutil.copy2(comparison / "samples.png", tmp / "samples.png")
     return dest
@@ -155,9 +160,11 @@ def main(argv=None) -> None:
     p.add_argument("--to", type=Path, default=DEFAULT_TO, help="the shipped runs folder (default checkpoints/runs)")
     p.add_argument("--name", help="the reward's folder name (default: from the comparison's --reward)")
     p.add_argument("--force", action="store_true", help="replace an existing <to>/<name>")
+    p.add_argument("--every-adapter", action="store_true",
+                   help="ship every seed's adapter (<method>/seeds/seed<k>/adapter), not only the first finished seed's")
     args = p.parse_args(argv)
     try:
-        dest = ship(args.comparison, args.to, args.name, args.force)
+        dest = ship(args.comparison, args.to, args.name, args.force, args.every_adapter)
     except ShipError as err:
         p.exit(2, f"error: {err}\n")
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())

@@ -333,6 +333,6 @@ def test_compare_tab_shows_a_shipped_study_and_puts_its_run_beside_the_base(page
     table.get_by_text("nabla-r2d3").first.wait_for()
     assert table.get_attribute("aria-rowcount") == "8", table.inner_text()  # the header and 7 methods
     panel.get_by_text("final points only (the first edition has no fronts").wait_for()
-    _choose(panel, "Method", "refl")
+    _choose(panel, "Run", "refl")
     panel.get_by_role("button", name="Put its run beside the base").click()
     panel.get_by_text("Shipped · ReFL on geometry", exact=True).wait_for()  # the models list's token, in words

@@ -310,7 +310,7 @@ def test_fronts_give_each_run_points_along_its_lora_scale_with_forgetting(tiny):
     cm.main(_argv(tiny, out, "--fronts", "--resume", methods="refl", seeds=2))  # kept: not evaluated again
     assert (out / "runs" / "refl" / "seed0" / "front.csv").stat().st_mtime_ns == before
     # shipped: summary.csv is the fronts (one row per method x point) with the shipped adapter's folder
-    dest = ship_runs.ship(out, tiny / "shipped", name="fronts")
+    dest = ship_runs.ship(out, tiny / "shipped", name="fronts", every_adapter=True)
     shipped = pd.read_csv(dest / "summary.csv")
     assert {"reward", "method", "point", "reward_delta", "ci_low", "ci_high", "adapter"} <= set(shipped.columns)
     assert len(shipped) == 4 and set(shipped["adapter"]) == {str(dest / "refl" / "adapter")}
@@ -322,8 +322,14 @@ def test_fronts_give_each_run_points_along_its_lora_scale_with_forgetting(tiny):
     (line,) = figure.data
     assert list(line.text) == ["α=0.25", "α=0.5", "α=0.75", "α=1"] and list(line.x) == list(shipped["eps_kl"])
     assert list(line.error_y.array) == pytest.approx(list(shipped["ci_high"] - shipped["reward_delta"]))
-    assert len(table) == 4 and methods["choices"] == ["refl"] and "**fronts** (1 methods" in info
-    assert studies.beside_base("fronts", "refl", root=tiny / "shipped") == ["base", "shipped: fronts/refl"]
+    assert len(table) == 4 and methods["choices"] == ["refl", "refl/seed1"] and "**fronts** (1 methods" in info
+    assert studies.beside_base("fronts", "refl/seed1", root=tiny / "shipped") == ["base", "shipped: fronts/refl/seed1"]
+    # every seed's run is a model of its own in the studio's lists, with its curves
+    from app.catalogue import Catalogue, display_name
+
+    seed1 = Catalogue(tiny / "studio-runs", shipped_dir=tiny / "shipped").get("shipped: fronts/refl/seed1")
+    assert seed1.adapter == dest / "refl" / "seeds" / "seed1" / "adapter" and (seed1.run / "metrics.csv").exists()
+    assert display_name(seed1) == "Shipped · ReFL on colorfulness, seed 1"
 
 
 def test_the_sweep_can_start_from_a_learning_rate_grid_of_its_own():
