@@ -32,6 +32,7 @@ def _load_script(name):
 
 cm = _load_script("compare_methods")
 ship_runs = _load_script("ship_runs")
+study_progress = _load_script("study_progress")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -285,6 +286,8 @@ def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
     assert "## Tuning" in report and "| refl | lr | " in report and "| refl | refl.first_fraction |" in report
     assert "Not tested: nabla-r2d3 is not in this comparison" in report
     assert len(pd.read_csv(out / "summary.csv")) == 1
+    progress = study_progress.trial_rows(out)  # bench/study_progress.py: each finished trial's paired change
+    assert len(progress) == len(trials) and all(r.startswith("| refl | lr") and " ± " in r for r in progress)
     dest = ship_runs.ship(out, tiny / "shipped", name="sweep")
     pd.testing.assert_frame_equal(pd.read_csv(dest / "picks.csv"), picks)
     assert (dest / "sweep" / "picks.csv").exists() and len(pd.read_csv(dest / "summary.csv")) == 1  # no fronts: per method
