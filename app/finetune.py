@@ -256,10 +256,10 @@ def server_status() -> str:
 # ------------------------------------------------------------------------------------ live views
 
 def shipped_curves(reward: str) -> list[tuple[str, pd.DataFrame, bool]]:
-    """The shipped runs of ``reward``, one dashed curve per method."""
+    """The shipped runs of ``reward``, one dashed curve per method (its first seed's)."""
     out = []
     for entry in catalogue().runs():
-        if entry.kind != "shipped" or read_run_config(entry.run).get("reward") != reward:
+        if entry.kind != "shipped" or entry.run.parent.name == "seeds" or read_run_config(entry.run).get("reward") != reward:
             continue
         method = read_run_config(entry.run).get("method", entry.run.name)
         out.append((f"shipped: {title(method)}", read_metrics(entry.run), True))
