@@ -9,7 +9,7 @@ What lands in ``<to>/<name>/`` (small: LoRA adapters and CSVs; no optimiser stat
     summary.csv        with fronts (--fronts): one row per method x front point (reward, method, point,
                        reward_delta, ci_low, ci_high, adapter: the shipped adapter folder, relative to the
                        repository, ...); the per-method table then ships as methods.csv. Without fronts:
-                       the comparison's summary.csv (one row per method)
+                       the comparison's summary.csv (one row per method). fronts.csv as the study wrote it
     picks.csv          when swept: method, knob, values, pick, inside_grid, ties
     figures/*.html     the comparison's plotly figures, loading plotly.js from <to>/plotly.min.js (one copy for all)
     figures/*.png      their static images, where the comparison could write them (kaleido)
@@ -91,7 +91,7 @@ def _ship_fronts(fronts: Path, out: Path, dest: Path, runs: dict[str, list[int]]
 
     def shipped(row) -> str:
         seeds = runs.get(row["method"])
-        return f"{(where / row['method'] / 'adapter').as_posix()}" if seeds and row["adapter"].endswith(f"seed{seeds[0]}/adapter") else ""
+        return (where / row["method"] / "adapter").as_posix() if seeds and row["adapter"].endswith(f"seed{seeds[0]}/adapter") else ""
 
     table["adapter"] = [shipped(r) for _, r in table.iterrows()]
     table.to_csv(out, index=False)
@@ -122,6 +122,7 @@ def ship(comparison: Path, to: Path = DEFAULT_TO, name: str | None = None, force
             shutil.copy2(comparison / item, tmp / item)
         if (comparison / "fronts.csv").exists():
             shutil.copy2(comparison / "summary.csv", tmp / "methods.csv")
+            shutil.copy2(comparison / "fronts.csv", tmp / "fronts.csv")  # as the report names it (study-relative adapters)
             _ship_fronts(comparison / "fronts.csv", tmp / "summary.csv", dest, runs)
         else:
             shutil.copy2(comparison / "summary.csv", tmp / "summary.csv")
