@@ -19,7 +19,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,12 +52,10 @@ def table(out: Path, seeds: list[int]) -> None:
                 rows = [pd.read_csv(run_folder(out, s, lag) / "eval.csv").iloc[-1] for s in seeds]
                 per_seed = ", ".join(f"{r[f'delta/{metric}']:+.4f} ± {1.96 * r[f'delta_se/{metric}']:.4f}" for r in rows)
                 print(f"| {metric} | {'lag' if lag else 'on-policy'} | change vs base per seed: {per_seed} |")
-        cells = []
-        for s in seeds:
-            a, b = (pd.read_csv(run_folder(out, s, lag) / "eval_assets.csv") for lag in (True, False))
-            m = a.merge(b, on=["prompt", "seed"], suffixes=("", "_other"), validate="one_to_one")
-            cells.append((m[metric] - m[f"{metric}_other"]).groupby(m["prompt"]).mean().sort_index().to_numpy(float))
-        mean, lo, hi = stats.interval(np.stack(cells))
+        # the on-policy run plays the base: each cell is lag − on-policy on the same prompts, seeds and noise
+        runs = [stats.paired_assets(*(pd.read_csv(run_folder(out, s, lag) / "eval_assets.csv")[["prompt", "seed", metric]]
+                                      for lag in (True, False))) for s in seeds]
+        mean, lo, hi = stats.interval(stats.cell_deltas(runs, metric))
         print(f"| {metric} | lag − on-policy | {mean:+.4f} [{lo:+.4f}, {hi:+.4f}]: 'lag does better' {stats.verdict(lo, hi)} |")
 
 

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from engine.align.evaluate import paired_change  # noqa: E402
 SHOWN = ("reward/geometry", "reward/alignment", "reward/colorfulness")
 
 
@@ -27,8 +32,12 @@ def trial_rows(study: Path) -> list[str]:
         t = pd.read_csv(tune)
         cells = []
         for m in SHOWN:
-            d = (t[m] - t[f"{m}_base"]).groupby(t["prompt"]).mean() if f"{m}_base" in t else None
-            cells.append("—" if d is None else f"{d.mean():+.4f} ± {d.std(ddof=1) / len(d) ** 0.5:.4f}")
+            if f"{m}_base" not in t:
+                cells.append("—")
+                continue
+            now, base = (torch.tensor(t.pivot(index="prompt", columns="seed", values=c).to_numpy()) for c in (m, f"{m}_base"))
+            mean, se = paired_change(now, base)
+            cells.append(f"{mean:+.4f} ± {se:.4f}")
         rows.append(f"| {tune.parent.parent.name} | {tune.parent.name} | {len(t)} | " + " | ".join(cells) + " |")
     return rows
 
