@@ -10,6 +10,12 @@
 #     bash bench/second_edition.sh                       # all four rewards, one after another
 #     bash bench/second_edition.sh geometry & bash bench/second_edition.sh alignment   # two streams, one per core
 #     OUT=/elsewhere bash bench/second_edition.sh ...    # the study folders (default outputs/second-edition)
+#     bash bench/second_edition.sh --pack [reward ...]   # before a session ends: carry the progress (engine/study/carry.py)
+#
+# Chained across sessions on machines whose disk does not persist: --pack copies what resuming needs (statuses,
+# metrics, evaluations, sweep scores, final adapters, unfinished runs' checkpoints; a few MB) to
+# $CARRY/<name> (default checkpoints/study-progress/second-edition), which is committed; a later session's
+# first start unpacks it into a study folder that does not exist yet and resumes from there.
 #
 # Protocol, the same for every method: batch 8 trajectories x 20 sampler steps (the paper's), 60 optimiser steps,
 # seeds 0-2; held-out evaluation at the end on the 24 held-out prompts x 4 seeds; the sweep (learning rate, then the
@@ -23,12 +29,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/second-edition}
+CARRY=${CARRY:-checkpoints/study-progress/second-edition}
+PACK=0
+[ "${1:-}" = "--pack" ] && { PACK=1; shift; }
 REWARDS=("$@")
 [ ${#REWARDS[@]} -eq 0 ] && REWARDS=(geometry alignment colorfulness "alignment:1,geometry:0.5")
 COMMON=(--methods nabla-r2d3,refl,draft-1,ddpo --seeds 3 --steps 60 --sweep --sweep-steps 20 --fronts --threads 1 --resume)
 RUN=(batch_size=8 sampler_steps=20 eval_seeds=4 eval_every=60 sample_every=60 checkpoint_every=5)
 for reward in "${REWARDS[@]}"; do
   name=$(python -c "import sys; print('+'.join(p.split(':')[0] for p in sys.argv[1].split(',')))" "$reward")
+  if [ $PACK = 1 ]; then
+    [ -d "$OUT/$name" ] && python -m engine.study.carry pack "$OUT/$name" "$CARRY/$name"
+    continue
+  fi
+  [ -d "$CARRY/$name" ] && python -m engine.study.carry unpack "$CARRY/$name" "$OUT/$name"
   case "$reward" in
     geometry) rig=(render_resolution=128 reward_views=8); lrs=(--sweep-lrs 3e-5,1e-4,3e-4) ;;
     *geometry*) rig=(render_resolution=128 reward_views=8); lrs=(--sweep-lrs 1e-4,3e-4,1e-3) ;;

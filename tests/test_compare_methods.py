@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import math
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -333,6 +334,55 @@ def test_fronts_give_each_run_points_along_its_lora_scale_with_forgetting(tiny):
     seed1 = Catalogue(tiny / "studio-runs", shipped_dir=tiny / "shipped").get("shipped: fronts/refl/seed1")
     assert seed1.adapter == dest / "refl" / "seeds" / "seed1" / "adapter" and (seed1.run / "metrics.csv").exists()
     assert display_name(seed1) == "Shipped · ReFL on colorfulness, seed 1"
+
+
+def test_a_study_cut_mid_run_resumes_from_its_carried_copy(tiny, monkeypatch, capsys):
+    """bash bench/second_edition.sh --pack, then a fresh machine: the carried copy (a few files) unpacks into a new
+    study folder and the cut run resumes from its checkpoint to the numbers of an uncut study."""
+    from engine.study import carry, runs
+
+    def argv(out):
+        return [*_argv(tiny, out, "--steps", "3", "--sweep", "--sweep-steps", "2", "--resume", methods="refl", seeds=1),
+                "checkpoint_every=2", "eval_every=0"]
+
+    cm.main(argv(tiny / "uncut"))
+
+    cut, log = tiny / "cut", runs.log
+
+    def kill_after_step_2(message):
+        log(message)
+        if message.startswith("[refl seed0] step 2/3"):
+            raise KeyboardInterrupt  # a machine going away: the checkpoint of step 2 is on disk, no status
+
+    monkeypatch.setattr(runs, "log", kill_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        cm.main(argv(cut))
+    monkeypatch.setattr(runs, "log", log)
+    assert not (cut / "runs" / "refl" / "seed0.status.json").exists()
+
+    n, size = carry.pack(cut, tiny / "carried")
+    carried = {str(p.relative_to(tiny / "carried")) for p in (tiny / "carried").rglob("*") if p.is_file()}
+    assert n == len(carried) and size > 0
+    assert any(p.startswith("runs/refl/seed0/checkpoint/") for p in carried)  # unfinished: resumes from it
+    trials = [p.split("/")[2] for p in carried if p.startswith("sweep/refl/") and p.endswith("/tune.csv")]
+    assert trials and not any(f"/{t}/adapter/" in p or f"/{t}/checkpoint/" in p for t in trials for p in carried)
+    assert carry.unpack(tiny / "carried", cut) == 0  # a study under way here is newer: left alone
+
+    shutil.rmtree(cut)  # the next session's machine: nothing but the committed carried copy
+    assert carry.unpack(tiny / "carried", cut) == n
+    capsys.readouterr()
+    cm.main(argv(cut))
+    err = capsys.readouterr().err
+    assert "[refl seed0] resumed at step 2" in err and "step 1/2" not in err  # no sweep trial trained again
+    for name in ("metrics.csv", "eval.csv"):  # timings aside, the numbers of the uncut study
+        a, b = (pd.read_csv(d / "runs" / "refl" / "seed0" / name) for d in (tiny / "uncut", cut))
+        drop = [c for c in a.columns if "seconds" in c]
+        pd.testing.assert_frame_equal(a.drop(columns=drop), b.drop(columns=drop))
+    assert json.loads((cut / "runs" / "refl" / "seed0.status.json").read_text())["steps"] == 3
+    # once finished, its checkpoint stays behind too
+    carry.pack(cut, tiny / "carried")
+    assert not any("checkpoint" in str(p) for p in (tiny / "carried").rglob("*"))
+    assert (tiny / "carried" / "runs" / "refl" / "seed0" / "adapter").is_dir()
 
 
 def test_the_sweep_can_start_from_a_learning_rate_grid_of_its_own():
