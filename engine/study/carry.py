@@ -7,7 +7,7 @@ metrics, evaluations, statuses, reward counts, sweep scores), the base's cached 
 adapters and sample strips, and the checkpoint of every run that is not finished (it resumes from there, at most
 ``checkpoint_every`` steps back). What stays behind can be made again or is never read again: finished runs'
 checkpoints, the previous checkpoint a swap keeps, a scored sweep trial's adapter and samples (its ``tune.csv``
-holds its score), figures and reports.
+holds its score), an unfinished run's adapter (its checkpoint holds it), figures and reports.
 
     python -m engine.study.carry pack outputs/second-edition checkpoints/study-progress/second-edition
     python -m engine.study.carry unpack checkpoints/study-progress/second-edition outputs/second-edition
@@ -48,10 +48,13 @@ def _left_behind(path: Path) -> bool:
     if not path.is_dir() or not (path.parent / "config.json").exists():
         return False
     run = path.parent  # path is a folder inside a run folder
+    scored_trial = (run / "tune.csv").exists()  # a sweep trial's score is kept in it
     if path.name == "checkpoint":
         return _finished(run)
-    if path.name in ("adapter", "samples"):
-        return (run / "tune.csv").exists() and _finished(run)  # a scored sweep trial
+    if path.name == "adapter":  # an unfinished run's is in its checkpoint
+        return scored_trial or not _finished(run)
+    if path.name == "samples":
+        return scored_trial
     return False
 
 
