@@ -103,9 +103,12 @@ def describe(study: Study) -> str:
     lines = [f"**{study.name}** ({len(study.methods)} methods; report: `checkpoints/runs/{study.name}/report.md`)."]
     if picks.exists():
         table = pd.read_csv(picks)
-        edge = table[~table["inside_grid"].astype(bool)]
+        inert = table["inert"].astype(bool) if "inert" in table else pd.Series(False, index=table.index)
+        edge, idle = table[~table["inside_grid"].astype(bool) & ~inert], table[inert]
         lines.append(f"Tuning: {len(table)} swept axes; " + ("every pick inside its grid." if edge.empty else
-                     "at a grid's edge: " + ", ".join(f"{r.method} {r.knob}" for r in edge.itertuples()) + "."))
+                     "at a grid's edge: " + ", ".join(f"{r.method} {r.knob}" for r in edge.itertuples()) + ".")
+                     + ("" if idle.empty else " Every value scored the same (the knob did not act): "
+                        + ", ".join(f"{r.method} {r.knob}" for r in idle.itertuples()) + "."))
     return " ".join(lines)
 
 

@@ -159,7 +159,7 @@ def test_nabla_logs_its_regime_and_says_when_lambda_is_inactive(tmp_path, caplog
     with caplog.at_level("INFO", logger="engine.align.trainer"):
         t = trainer(tmp_path, "nabla-r2d3", "nabla.timestep_fraction=0.5")
     assert any("nabla.reg = 1000.0 has no effect" in r.message and "nabla.lag = true" in r.message for r in caplog.records)
-    assert [k.dotted for k in inactive_knobs(t.config.nabla, "nabla")] == ["nabla.reg"]
+    assert [k.dotted for k, _ in inactive_knobs(t.config.nabla, "nabla")] == ["nabla.reg"]
     roll = t.rollout(0, keep_graphs=True)
     rows = [info for _, info in t.method.losses(roll, 0)]
     assert len(rows) == 3
@@ -172,6 +172,20 @@ def test_nabla_logs_its_regime_and_says_when_lambda_is_inactive(tmp_path, caplog
     assert {"terminal_grad_share", "terminal_residual_ratio"} <= set(row)
     lagged = trainer(tmp_path, "nabla-r2d3", "nabla.lag=true", name="lagged")
     assert inactive_knobs(lagged.config.nabla, "nabla") == []
+
+
+@pytest.mark.parametrize("method, knob", [("ddpo", "ddpo.clip_range"), ("grpo", "grpo.clip_low")])
+def test_ppo_clip_is_marked_inert_because_one_update_per_batch_keeps_the_ratio_at_1(tmp_path, caplog, method, knob):
+    """The premise of the clip knobs' ``inert`` note (the study does not sweep them, the studio says so): the ratio
+    the loss is formed from is 1 (to float rounding) in every trained transition. Reusing a batch for more updates must drop the note."""
+    with caplog.at_level("INFO", logger="engine.align.trainer"):
+        t = trainer(tmp_path, method, f"{knob}=0.2")
+    assert any(f"{knob} = 0.2 has no effect in this run: one optimiser update" in r.message for r in caplog.records)
+    rows = list(t.run())  # 2 steps
+    assert all(r["ratio_dev"] < 1e-6 and r["clip_frac_high"] == 0 and r["clip_frac_low"] == 0 for r in rows)
+    from engine.align.knobs import sweep_knob
+
+    assert sweep_knob(type(t.config.method_config()), method) is None
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -271,13 +271,16 @@ def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
         tune = pd.read_csv(out / "sweep" / "refl" / run / "tune.csv")
         assert list(tune["seed"]) == [1000, 1001] and "reward/colorfulness_base" in tune
     picks = pd.read_csv(out / "sweep" / "picks.csv")
-    assert list(picks.columns) == ["method", "knob", "values", "pick", "inside_grid", "ties"]
+    assert list(picks.columns) == ["method", "knob", "values", "pick", "inside_grid", "ties", "inert"]
     assert list(picks["knob"]) == ["lr", "refl.first_fraction"]
     chosen = json.loads((out / "sweep" / "chosen.json").read_text())["refl"]
     lr_axis = chosen["axes"][0]
     assert lr_axis["pick"] == chosen["lr"] and set(study.SWEEP_LRS) <= set(lr_axis["values"])
     if not lr_axis["inside_grid"]:  # an edge pick means the grid extended as far as it may
         assert len(lr_axis["values"]) == 3 + study.sweep.MAX_EXTEND or chosen["lr"] in (1e-5, 1e-2)
+    # at 3 sampler steps every first_fraction trains the same transitions: the axis is inert and not extended
+    knob_axis = chosen["axes"][1]
+    assert knob_axis["inert"] and len(knob_axis["values"]) == 3 and list(picks["inert"]) == [False, True]
     best = trials.loc[trials["score"].idxmax()]
     assert trials[trials["run"] == best["run"]]["diff"].iloc[0] == 0
     config = json.loads((out / "runs" / "refl" / "seed0" / "config.json").read_text())
@@ -285,6 +288,7 @@ def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
     assert config["seed"] == 0 and json.loads((out / "sweep" / "refl" / trials["run"][0] / "config.json").read_text())["seed"] == 1000
     report = (out / "report.md").read_text()
     assert "## Tuning" in report and "| refl | lr | " in report and "| refl | refl.first_fraction |" in report
+    assert "**no: every value scored the same** (the knob did not act at this budget: not extended)" in report
     assert "Not tested: nabla-r2d3 is not in this comparison" in report
     assert len(pd.read_csv(out / "summary.csv")) == 1
     progress = study_progress.trial_rows(out)  # bench/study_progress.py: each finished trial's paired change
@@ -444,7 +448,8 @@ def test_nabla_beta_is_per_unit_of_the_rewards_range(tmp_path, reward, span):
 
 def test_each_method_is_swept_over_the_knob_it_declares():
     assert study.sweep_plan("refl", "geometry") == (("refl.first_fraction",), (0.5, 0.75, 0.9))
-    assert study.sweep_plan("grpo", "colorfulness") == (("grpo.clip_low", "grpo.clip_high"), (3e-5, 1e-4, 3e-4))
+    # PPO's clip never binds with one update per sampled batch: DDPO and GRPO tune the learning rate only
+    assert study.sweep_plan("grpo", "colorfulness") == study.sweep_plan("ddpo", "geometry") == ((), ())
     assert study.sweep_plan("nabla-r2d3", "geometry") == (("nabla.beta",), (3e6, 3e7, 3e8))
     assert study.sweep_plan("nabla-r2d3", "colorfulness") == (("nabla.beta",), (2.73e4, 2.73e5, 2.73e6))
 

@@ -38,11 +38,14 @@ class Knob:
     strength: int = 0
     per_reward_range: float | None = None  # a None default means this value / (the reward's usual range)
     active_with: str | None = None  # a bool knob of the same config without which this one has no effect
+    inert: str | None = None  # why the knob has no effect in this trainer at all (the study does not sweep it)
 
     @property
     def note(self) -> str:
         """The help plus when the knob acts, for help texts and the studio."""
         when = f" (acts only with {self.active_with} = true)" if self.active_with else ""
+        if self.inert:
+            when += f" (no effect in this trainer: {self.inert})"
         return f"{self.help}{when}"
 
 
@@ -138,9 +141,16 @@ def scaled_default(k: KnobField, span: float) -> float:
     return float(f"{k.meta.per_reward_range / span:.3g}")
 
 
-def inactive_knobs(config, group: str) -> list[KnobField]:
-    """The knobs of ``config`` that do nothing as it is set (their ``active_with`` switch is off)."""
-    return [k for k in knob_fields(type(config), group) if k.meta.active_with and not getattr(config, k.meta.active_with)]
+def inactive_knobs(config, group: str) -> list[tuple[KnobField, str]]:
+    """(knob, why) for the knobs of ``config`` set to something that does nothing: their ``active_with`` switch is
+    off, or they are inert in this trainer and set away from their default."""
+    out = []
+    for k in knob_fields(type(config), group):
+        if k.meta.active_with and not getattr(config, k.meta.active_with):
+            out.append((k, f"it acts only with {k.group}.{k.meta.active_with} = true"))
+        elif k.meta.inert and getattr(config, k.name) != k.default:
+            out.append((k, k.meta.inert))
+    return out
 
 
 def strength_knob(config_cls: type, group: str) -> KnobField | None:
@@ -149,8 +159,8 @@ def strength_knob(config_cls: type, group: str) -> KnobField | None:
 
 
 def sweep_knob(config_cls: type, group: str) -> KnobField | None:
-    """The knob the study sweeps for this method (the first with a grid), if any."""
-    return next((k for k in knob_fields(config_cls, group) if k.meta.sweep), None)
+    """The knob the study sweeps for this method (the first with a grid that is not inert), if any."""
+    return next((k for k in knob_fields(config_cls, group) if k.meta.sweep and not k.meta.inert), None)
 
 
 def sweep_grid(config_cls: type, group: str, span: float | None = None) -> tuple[tuple[str, ...], tuple]:

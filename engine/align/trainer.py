@@ -120,9 +120,8 @@ class Trainer:
             raise ValueError(f"batch_size = {config.batch_size}: each of {self.world.size} processes needs whole groups of {group}.")
         self._check_folder(resume)
         knobs = config.method_config()
-        for k in inactive_knobs(knobs, METHODS[config.method].config_field):
-            log.info("%s = %r has no effect in this run: it acts only with %s.%s = true.", k.dotted, getattr(knobs, k.name),
-                     k.group, k.meta.active_with)
+        for k, why in inactive_knobs(knobs, METHODS[config.method].config_field):
+            log.info("%s = %r has no effect in this run: %s.", k.dotted, getattr(knobs, k.name), why)
         self.prompts = [validate_prompt(p) for p in prompts] if prompts is not None else read_prompts(config.prompts)
         outside = [p for p in self.prompts if prompt_notice(p)] if config.model == "tiny" else []
         if outside:

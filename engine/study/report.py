@@ -40,7 +40,9 @@ def tuning_section(plan: Plan, chosen: dict, sweep_rows: list[dict]) -> list[str
              "| method | axis | values tried | pick | inside the grid | ties with the pick |", "|---|---|---|---|---|---|"]
     for m in plan.methods:
         for ax in chosen.get(m, {}).get("axes", []):
-            inside = "yes" if ax["inside_grid"] else "**no: at the edge** (the next value failed, was refused or is past the ladder)"
+            inside = "yes" if ax["inside_grid"] else \
+                "**no: every value scored the same** (the knob did not act at this budget: not extended)" if ax.get("inert") else \
+                "**no: at the edge** (the next value failed, was refused or is past the ladder)"
             lines.append(f"| {m} | {ax['knob']} | {', '.join(map(fmt, ax['values']))} | {fmt(ax['pick'])} | {inside} | "
                          f"{', '.join(map(fmt, ax['ties'])) or 'none'} |")
     lines += ["", "Trials (setting: held-out change; difference from the method's best ± SE):", ""]

@@ -149,7 +149,7 @@ def sweep_method(plan: Plan, method: str) -> dict:
         names = {v: run(v) for v in grid}
         for _ in range(MAX_EXTEND):
             best, _ = compare_trials({names[v]: deltas[names[v]] for v in grid if names[v] in deltas}, plan.higher_is_better)
-            if best is None:
+            if best is None or inert(grid, names):  # a knob that does not act: no further value can change that
                 break
             at = next(v for v in grid if names[v] == best)
             if grid[0] < at < grid[-1]:
@@ -165,7 +165,12 @@ def sweep_method(plan: Plan, method: str) -> dict:
         pick = next((v for v in grid if names[v] == best), None)
         inside = pick is not None and grid[0] < pick < grid[-1]
         return {"knob": label, "values": grid, "pick": pick, "inside_grid": inside, "rows": rows, "names": names,
-                "ties": [v for v in grid if rows.get(names[v], {}).get("tie")]}
+                "ties": [v for v in grid if rows.get(names[v], {}).get("tie")], "inert": inert(grid, names)}
+
+    def inert(grid, names) -> bool:
+        """Every value of the axis trained to the same held-out scores, asset for asset."""
+        scored = [deltas[names[v]] for v in grid if names[v] in deltas]
+        return len(scored) == len(grid) > 1 and all(np.array_equal(scored[0], d) for d in scored[1:])
 
     lr_axis = axis("lr", list(plan.sweep_lrs), lambda lr: trial(lr, default, "lr"), LR_LADDER)
     lr = lr_axis["pick"] if lr_axis["pick"] is not None else plan.base_configs[method].lr
@@ -184,10 +189,13 @@ def sweep_method(plan: Plan, method: str) -> dict:
             "axes": [{k: v for k, v in a.items() if k not in ("rows", "names")} for a in axes]}
 
 
+PICKS_COLUMNS = ["method", "knob", "values", "pick", "inside_grid", "ties", "inert"]
+
+
 def picks_rows(chosen: dict) -> list[dict]:
-    """picks.csv: one row per method and swept axis (method, knob, values, pick, inside_grid, ties)."""
+    """picks.csv: one row per method and swept axis (method, knob, values, pick, inside_grid, ties, inert)."""
     return [{"method": m, "knob": a["knob"], "values": " ".join(map(fmt, a["values"])), "pick": fmt(a["pick"]),
-             "inside_grid": a["inside_grid"], "ties": " ".join(map(fmt, a["ties"]))}
+             "inside_grid": a["inside_grid"], "ties": " ".join(map(fmt, a["ties"])), "inert": a.get("inert", False)}
             for m, c in chosen.items() for a in c.get("axes", [])]
 
 
@@ -200,7 +208,7 @@ def run_sweep(plan: Plan) -> tuple[dict, list[dict]]:
         log(f"[sweep {m}] picked {' '.join(chosen[m]['overrides'])} (held-out change {num(chosen[m]['picked_score'])})")
     (out / "sweep").mkdir(parents=True, exist_ok=True)
     write_csv(out / "sweep" / "sweep.csv", rows, list(dict.fromkeys(k for r in rows for k in r)))
-    write_csv(out / "sweep" / "picks.csv", picks_rows(chosen), ["method", "knob", "values", "pick", "inside_grid", "ties"])
+    write_csv(out / "sweep" / "picks.csv", picks_rows(chosen), PICKS_COLUMNS)
     atomic_write_json(out / "sweep" / "chosen.json", {m: {k: v for k, v in c.items() if k != "trials"} for m, c in chosen.items()})
     return chosen, rows
 

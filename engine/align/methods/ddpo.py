@@ -13,12 +13,17 @@ from ..rollout import GraphPlan, _bc, gaussian_log_ratio, random_steps
 from .base import Method
 
 
+# PPO's clip acts on a batch reused for several updates (the official DDPO and Flow-GRPO take a few optimiser steps
+# per sampling round); this trainer takes one update per sampled batch, so the ratio is 1 when the loss is formed.
+ON_POLICY_CLIP = ("one optimiser update per sampled batch keeps the probability ratio at 1 (metrics.csv's ratio_dev: "
+                  "float rounding, ~1e-7), so the clip never binds")
+
+
 @dataclass
 class DdpoConfig:
     """DDPO: PPO-clip on the recorded transitions' log-probabilities, per-prompt advantages (§5)."""
 
-    clip_range: float = knob(1e-4, "PPO's clip of the probability ratio", low=0, open_low=True, sweep=(3e-5, 1e-4, 3e-4),
-                             strength=1)
+    clip_range: float = knob(1e-4, "PPO's clip of the probability ratio", low=0, open_low=True, inert=ON_POLICY_CLIP)
     adv_clip: float = knob(5.0, "advantages are clipped to ± this", low=0, open_low=True)
     timestep_fraction: float = knob(1.0, "of the N - 1 steps (the last, near-deterministic one is never trained)",
                                     low=0, open_low=True, high=1)

@@ -10,7 +10,7 @@ import torch
 
 from ..knobs import knob
 from .base import Method
-from .ddpo import gathered, ppo_losses, ppo_plan
+from .ddpo import ON_POLICY_CLIP, gathered, ppo_losses, ppo_plan
 
 
 @dataclass
@@ -18,10 +18,9 @@ class GrpoConfig:
     """GRPO-style: groups of samples per prompt, group-relative advantages, clip, optional KL; DAPO options (§3)."""
 
     group_size: int = knob(4, "samples per prompt (groups compare samples of one prompt)", low=2)
-    clip_low: float = knob(1e-4, "PPO clip below the ratio 1", low=0, open_low=True, sweep=(3e-5, 1e-4, 3e-4),
-                           sweep_with=("clip_high",))
+    clip_low: float = knob(1e-4, "PPO clip below the ratio 1", low=0, open_low=True, inert=ON_POLICY_CLIP)
     clip_high: float = knob(1e-4, "PPO clip above the ratio 1 (> clip_low is DAPO's clip-higher, e.g. 1.4e-4)",
-                            low=0, open_low=True)
+                            low=0, open_low=True, inert=ON_POLICY_CLIP)
     adv_clip: float = knob(5.0, "advantages are clipped to ± this", low=0, open_low=True)
     std: str = knob("global", "advantage scale: \"global\" (Flow-GRPO) or \"group\"", choices=("global", "group"))
     kl: float = knob(0.0, "β_KL · ||μ_θ - μ_ref||² / (2 std²)", title="KL weight (kl)", low=0, strength=-1)
