@@ -1,5 +1,6 @@
-"""Where a running study stands: every finished sweep trial's paired held-out change (from its ``tune.csv``) and
-every final run's state, for each study folder under OUT. Reads files only; safe while the study runs.
+"""Where a running study stands: every finished sweep trial's paired held-out change (from its ``tune.csv``), every
+final run's state, the training core-hours spent and the final runs' steps still to train, for each study folder under
+OUT. Reads files only; safe while the study runs.
 
     python bench/study_progress.py                         # outputs/second-edition/*
     python bench/study_progress.py outputs/cmp/geometry    # one study folder
@@ -50,6 +51,48 @@ def run_rows(study: Path) -> list[str]:
     return rows
 
 
+def _trained(folder: Path, status: Path) -> tuple[int, float, bool]:
+    """(steps, training seconds, finished) of one run: from its status, else from its last checkpoint."""
+    if status.exists():
+        s = json.loads(status.read_text())
+        return int(s.get("steps") or 0), float(s.get("train_seconds") or 0), s.get("state") == "finished"
+    marker = folder / "checkpoint" / "trainer.json"
+    if marker.exists():
+        t = json.loads(marker.read_text())
+        return int(t.get("step", 0)), float(t.get("wall_seconds", 0)), False
+    return 0, 0.0, False
+
+
+def compute_lines(study: Path) -> list[str]:
+    """Training core-hours so far (sweep trials, final runs), each method's seconds per step, and the final runs' steps
+    still to train with what they cost at those rates (evaluations and sweep trials still to come are not counted)."""
+    record = json.loads((study / "comparison.json").read_text())
+    spent, rate = {"sweep": 0.0, "runs": 0.0}, {}
+    done = {}
+    for kind in spent:
+        for folder in sorted(p for p in study.glob(f"{kind}/*/*") if p.is_dir()):
+            steps, seconds, _ = _trained(folder, folder.parent / f"{folder.name}.status.json")
+            spent[kind] += seconds
+            s, n = rate.get(folder.parent.name, (0.0, 0))
+            rate[folder.parent.name] = (s + seconds, n + steps)
+            if kind == "runs":
+                done[folder.parent.name] = done.get(folder.parent.name, 0) + steps
+    per_step = {m: s / n for m, (s, n) in rate.items() if n}
+    lines = [f"Training so far: {spent['sweep'] / 3600:.2f} core-h in sweep trials, {spent['runs'] / 3600:.2f} in final runs"
+             + ("; seconds per step: " + ", ".join(f"{m} {v:.1f}" for m, v in per_step.items()) if per_step else "") + "."]
+    left, hours = [], 0.0
+    for m in record["methods"]:
+        steps = record["seeds"] * record["steps"] - done.get(m, 0)
+        if steps > 0:
+            cost = f"~{steps * per_step[m] / 3600:.1f} h" if m in per_step else "rate not measured yet"
+            hours += steps * per_step.get(m, 0) / 3600
+            left.append(f"{m} {steps} steps ({cost})")
+    if left:
+        lines.append("Final runs still to train: " + ", ".join(left) + f"; {hours:.1f} core-h at the measured rates, before "
+                     "evaluations, fronts and the sweep trials still to come.")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("studies", nargs="*", type=Path, help="study folders (default: outputs/second-edition/*)")
@@ -68,6 +111,8 @@ def main() -> None:
         runs = run_rows(study)
         if runs:
             print("\n| method | seed | state | steps |\n|---|---|---|---|\n" + "\n".join(runs))
+        if record.exists():
+            print("\n" + "\n".join(compute_lines(study)))
 
 
 if __name__ == "__main__":

@@ -293,6 +293,8 @@ def test_sweep_tunes_each_method_the_same_way_and_says_what_it_picked(tiny):
     assert len(pd.read_csv(out / "summary.csv")) == 1
     progress = study_progress.trial_rows(out)  # bench/study_progress.py: each finished trial's paired change
     assert len(progress) == len(trials) and all(r.startswith("| refl | lr") and " ± " in r for r in progress)
+    spent = study_progress.compute_lines(out)  # every run finished: nothing left to train
+    assert len(spent) == 1 and spent[0].startswith("Training so far: ") and "seconds per step: refl " in spent[0]
     dest = ship_runs.ship(out, tiny / "shipped", name="sweep")
     pd.testing.assert_frame_equal(pd.read_csv(dest / "picks.csv"), picks)
     assert (dest / "sweep" / "picks.csv").exists() and len(pd.read_csv(dest / "summary.csv")) == 1  # no fronts: per method
