@@ -8,7 +8,8 @@
 # the first edition's folders are replaced)
 #
 #     bash bench/second_edition.sh                       # all four rewards, one after another
-#     bash bench/second_edition.sh geometry & bash bench/second_edition.sh alignment   # two streams, one per core
+#     bash bench/second_edition.sh geometry colorfulness & bash bench/second_edition.sh alignment 'alignment:1,geometry:0.5'
+#                                                        # two streams, one per core (how it runs)
 #     OUT=/elsewhere bash bench/second_edition.sh ...    # the study folders (default outputs/second-edition)
 #     bash bench/second_edition.sh --pack [reward ...]   # before a session ends: carry the progress (engine/study/carry.py)
 #
