@@ -242,5 +242,20 @@ def test_eps_kl_measures_the_adapters_distance_to_the_base_along_its_own_samples
     tuned = ev.evaluate()
     assert tuned["eps_kl"] > 0 and list(tuned) == ev.metric_names()
     assert all(r["eps_kl"] > 0 for r in ev.asset_rows("run"))
+    # by definition: the mean over steps and elements of (ε as sampled - the base's guided ε at the same states)²
+    from engine.align.rollout import guided_eps
+    from engine.generate import generate
+
+    s = ev.settings
+    prompts = [s.prompts[0]] * len(s.seeds)
+    with torch.no_grad():
+        traj = generate(model, prompts, s.seeds, steps=s.steps, guidance=s.guidance, record=True).trajectory
+        B, N = traj.latents.shape[:2]
+        with lora.adapters_disabled(model):
+            ref = guided_eps(model, traj.latents.flatten(0, 1), traj.timesteps.repeat(B),
+                             model.encode_prompts(prompts).select(torch.arange(B).repeat_interleave(N)),
+                             model.encode_prompts([""]).repeat(B * N), traj.guidance)
+    expected = (traj.model_outputs.flatten(0, 1) - ref).pow(2).flatten(1).mean(1).reshape(B, N).mean(1)
+    torch.testing.assert_close(ev._eps_kl(traj, prompts), expected, rtol=1e-5, atol=1e-9)
     lora.set_adapter_scale(model, "default", 0.0)  # the base's own weights again: no distance
     assert ev.evaluate()["eps_kl"] == pytest.approx(0, abs=1e-10)
