@@ -365,11 +365,13 @@ def test_a_study_cut_mid_run_resumes_from_its_carried_copy(tiny, monkeypatch, ca
         cm.main(argv(cut))
     monkeypatch.setattr(runs, "log", log)
     assert not (cut / "runs" / "refl" / "seed0.status.json").exists()
+    # and cut between a checkpoint swap's renames: only checkpoint-old/ is complete (the trainer resumes from it)
+    (cut / "runs" / "refl" / "seed0" / "checkpoint").rename(cut / "runs" / "refl" / "seed0" / "checkpoint-old")
 
     n, size = carry.pack(cut, tiny / "carried")
     carried = {str(p.relative_to(tiny / "carried")) for p in (tiny / "carried").rglob("*") if p.is_file()}
     assert n == len(carried) and size > 0
-    assert any(p.startswith("runs/refl/seed0/checkpoint/") for p in carried)  # unfinished: resumes from it
+    assert any(p.startswith("runs/refl/seed0/checkpoint-old/") for p in carried)  # unfinished: resumes from it
     trials = [p.split("/")[2] for p in carried if p.startswith("sweep/refl/") and p.endswith("/tune.csv")]
     assert trials and not any(f"/{t}/adapter/" in p or f"/{t}/checkpoint/" in p for t in trials for p in carried)
     assert carry.unpack(tiny / "carried", cut) == 0  # a study under way here is newer: left alone

@@ -6,7 +6,7 @@ What travels is what resuming needs and what the report, fronts and shipping rea
 metrics, evaluations, statuses, reward counts, sweep scores), the base's cached held-out scores, final runs'
 adapters and sample strips, and the checkpoint of every run that is not finished (it resumes from there, at most
 ``checkpoint_every`` steps back). What stays behind can be made again or is never read again: finished runs'
-checkpoints, the previous checkpoint a swap keeps, a scored sweep trial's adapter and samples (its ``tune.csv``
+checkpoints, the previous checkpoint a swap keeps (unless the swap was cut before the new one was complete), a scored sweep trial's adapter and samples (its ``tune.csv``
 holds its score), an unfinished run's adapter (its checkpoint holds it), figures and reports.
 
     python -m engine.study.carry pack outputs/second-edition checkpoints/study-progress/second-edition
@@ -23,7 +23,7 @@ from pathlib import Path
 from ..align.run_folder import CHECKPOINT_MARKER
 from ..core.io import building_folder
 
-LEFT_BEHIND = {"checkpoint-old", "checkpoint-new", "figures"}
+LEFT_BEHIND = {"checkpoint-new", "figures"}
 LEFT_BEHIND_FILES = {"report.md", "samples.png", "plotly.min.js"}
 
 
@@ -51,6 +51,8 @@ def _left_behind(path: Path) -> bool:
     scored_trial = (run / "tune.csv").exists()  # a sweep trial's score is kept in it
     if path.name == "checkpoint":
         return _finished(run)
+    if path.name == "checkpoint-old":  # travels only where a swap was cut before checkpoint/ was complete
+        return _finished(run) or (run / "checkpoint" / CHECKPOINT_MARKER).exists()
     if path.name == "adapter":  # an unfinished run's is in its checkpoint
         return scored_trial or not _finished(run)
     if path.name == "samples":
@@ -83,7 +85,7 @@ def pack(study: str | Path, dest: str | Path) -> tuple[int, int]:
     if not study.is_dir():
         raise FileNotFoundError(f"{study}: no study folder to pack")
     files = carried_files(study)
-    incomplete = {f.parent for f in files if f.parent.name == "checkpoint"} - \
+    incomplete = {f.parent for f in files if f.parent.name in ("checkpoint", "checkpoint-old")} - \
         {f.parent for f in files if f.name == CHECKPOINT_MARKER}
     files = [f for f in files if f.parent not in incomplete]
     total = 0
