@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from engine.align import shipped
 from engine.core.io import scratch_folder
 from engine.generate import load_model
 from engine.models import lora
@@ -75,9 +76,8 @@ class Catalogue:
                 run = adapter.parent
                 if e := _adapter_entry(f"shipped: {run.parent.name}/{run.name}", "shipped", adapter, run):
                     out[e.label] = e
-                for seed_adapter in sorted(run.glob("seeds/seed*/adapter")):  # a study shipped with every seed's adapter
-                    seed = seed_adapter.parent
-                    if e := _adapter_entry(f"shipped: {run.parent.name}/{run.name}/{seed.name}", "shipped", seed_adapter, seed):
+                for seed in shipped.other_seeds(run):  # a study shipped with every seed's adapter
+                    if e := _adapter_entry(f"shipped: {run.parent.name}/{run.name}/{seed.name}", "shipped", seed / "adapter", seed):
                         out[e.label] = e
         if self.runs_dir.is_dir():
             for adapter in sorted(self.runs_dir.glob("*/adapter")):

@@ -14,7 +14,9 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from .catalogue import BASE, SHIPPED_RUNS
+from engine.align import shipped
+
+from .catalogue import BASE, ROOT, SHIPPED_RUNS
 
 # the forgetting measures a front can be drawn against: column -> axis title
 AXES = {"kid_vs_base": "KID vs the base's renders (lower: closer to the base)",
@@ -100,7 +102,9 @@ def shown_table(study: Study) -> pd.DataFrame:
 
 def describe(study: Study) -> str:
     picks = study.folder / "picks.csv"
-    lines = [f"**{study.name}** ({len(study.methods)} methods; report: `checkpoints/runs/{study.name}/report.md`)."]
+    report = study.folder / "report.md"
+    shown = report.resolve().relative_to(ROOT) if report.resolve().is_relative_to(ROOT) else report
+    lines = [f"**{study.name}** ({len(study.methods)} methods; report: `{shown.as_posix()}`)."]
     if picks.exists():
         table = pd.read_csv(picks)
         inert = table["inert"].astype(bool) if "inert" in table else pd.Series(False, index=table.index)
@@ -133,15 +137,15 @@ def run_choices(study: Study) -> list[str]:
     where the study was shipped with every adapter)."""
     out = []
     for m in study.methods:
-        if _adapter(study.folder, m).is_dir():
+        if (shipped.run_folder(study.folder, m) / "adapter").is_dir():
             out.append(m)
-        out += [f"{m}/{p.parent.name}" for p in sorted((study.folder / m).glob("seeds/seed*/adapter"))]
+        out += [f"{m}/{p.name}" for p in shipped.other_seeds(shipped.run_folder(study.folder, m))]
     return out
 
 
 def _adapter(folder: Path, run: str) -> Path:
     method, _, seed = run.partition("/")
-    return folder / method / ("seeds/" + seed if seed else "") / "adapter"
+    return shipped.run_folder(folder, method, seed or None) / "adapter"
 
 
 def beside_base(name: str | None, method: str | None, root: Path = SHIPPED_RUNS) -> list[str]:

@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.align import shipped  # noqa: E402
 from engine.core.io import building_folder  # noqa: E402
 
 DEFAULT_TO = ROOT / "checkpoints" / "runs"
@@ -146,7 +147,7 @@ def ship(comparison: Path, to: Path = DEFAULT_TO, name: str | None = None, force
         for m, seeds in runs.items():
             src_dir = comparison / "runs" / m
             for k, seed in enumerate(seeds):
-                dst = tmp / m if k == 0 else tmp / m / "seeds" / f"seed{seed}"
+                dst = shipped.run_folder(tmp, m, None if k == 0 else f"seed{seed}")
                 _copy_run(src_dir / f"seed{seed}", src_dir / f"seed{seed}.status.json", src_dir / f"seed{seed}.rewards.csv",
                           dst, adapter=k == 0 or every_adapter, samples=k == 0)
         if (comparison / "samples.png").exists():

@@ -31,3 +31,14 @@ def test_bad_choices_are_refused_with_a_message():
         studies.beside_base("geometry", "nope")
     figure, table, info, methods = studies.view(None)
     assert info == "No study is shipped." and table.empty and methods["choices"] == []
+
+
+def test_a_shipped_studys_runs_are_found_where_ship_runs_puts_them(tmp_path):
+    from engine.align import shipped
+
+    assert shipped.run_folder(tmp_path, "refl") == tmp_path / "refl"
+    assert shipped.run_folder(tmp_path, "refl", "seed2") == tmp_path / "refl" / "seeds" / "seed2"
+    for seed in ("seed10", "seed2", "seedx"):
+        (shipped.run_folder(tmp_path, "refl", seed) / "adapter").mkdir(parents=True)
+    (tmp_path / "refl" / "seeds" / "seed3").mkdir()  # no adapter: not a run the studio can load
+    assert [p.name for p in shipped.other_seeds(tmp_path / "refl")] == ["seed2", "seed10"]
