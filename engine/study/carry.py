@@ -6,11 +6,12 @@ What travels is what resuming needs and what the report, fronts and shipping rea
 metrics, evaluations, statuses, reward counts, sweep scores), the base's cached held-out scores, final runs'
 adapters and sample strips, and the checkpoint of every run that is not finished (it resumes from there, at most
 ``checkpoint_every`` steps back). What stays behind can be made again or is never read again: finished runs'
-checkpoints, the previous checkpoint a swap keeps (unless the swap was cut before the new one was complete), a scored sweep trial's adapter and samples (its ``tune.csv``
-holds its score), an unfinished run's adapter (its checkpoint holds it), figures and reports.
+checkpoints, the previous checkpoint a swap keeps (unless the swap was cut before the new one was complete), a
+scored sweep trial's adapter and samples (its ``tune.csv`` holds its score), an unfinished run's adapter (its
+checkpoint holds it), figures and reports.
 
-    python -m engine.study.carry pack outputs/second-edition checkpoints/study-progress/second-edition
-    python -m engine.study.carry unpack checkpoints/study-progress/second-edition outputs/second-edition
+    python -m engine.study.carry pack outputs/second-edition/geometry checkpoints/study-progress/second-edition/geometry
+    python -m engine.study.carry unpack checkpoints/study-progress/second-edition/geometry outputs/second-edition/geometry
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ from ..rollout import GraphPlan, _bc, gaussian_log_ratio, random_steps
 from .base import Method
 
 
-# PPO's clip acts on a batch reused for several updates (the official DDPO and Flow-GRPO take a few optimiser steps
-# per sampling round); this trainer takes one update per sampled batch, so the ratio is 1 when the loss is formed.
+# PPO's clip acts on a batch reused for several updates (Flow-Factory's default takes two optimiser steps per sampling
+# round, the second slightly off-policy, where the clip is a trust region: research/rl-trainers.md); this trainer takes
+# one update per sampled batch, so the ratio is 1 when the loss is formed.
 ON_POLICY_CLIP = ("one optimiser update per sampled batch keeps the probability ratio at 1 (metrics.csv's ratio_dev: "
                   "float rounding, ~1e-7), so the clip never binds")
 
