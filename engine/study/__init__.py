@@ -15,6 +15,7 @@ One module per job:
 - ``summary``: finished runs read back, ``summary.csv``'s rows, steps to reach the best baseline, the claims.
 - ``report``: ``report.md``, the figures, the samples sheet.
 - ``cli``: the command line and the protocol (``python -m engine.study --help``).
+- ``carry``: a study longer than a working session carried to the next one in a few MB (``python -m engine.study.carry``).
 """
 
 from .cli import main, parser, run, tune_and_train
