@@ -26,7 +26,10 @@
 # at 128 px only steps of norm <= 0.03 do, and 8 views double the agreement of independent batch gradients).
 # Methods: Nabla-R2D3, ReFL, DRaFT-1 (the baseline Nabla-R2D3 resembles early on) and DDPO (the RL family); the
 # others are left out for the budget (one step at this protocol, 1 thread, geometry: Nabla-R2D3 ~31 s, DDPO ~21 s,
-# ReFL ~8 s), which puts each reward at roughly 8-9 core-hours and the study at ~17 h on the two cores.
+# ReFL ~8 s; with both streams running, Nabla-R2D3 measured 35-42 s). Evaluation costs too: ~1.3 s per held-out
+# asset, ~2.5 s per front point's asset (its ε-KL pass), so the fronts (12 runs x 4 scales x 96 assets) take ~3 of
+# each reward's ~10 core-hours; the study ~40 core-hours, ~20 h on the two cores, in about eight chunks of a session.
+# DDPO tunes the learning rate only (its clip never binds with one update per sampled batch).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-outputs/second-edition}
