@@ -27,8 +27,11 @@ from .grpo import group_advantages
 class NftConfig:
     """DiffusionNFT: the forward-process, negative-aware objective on ε-model outputs (§2.8, option iii: CFG'd)."""
 
-    beta: float = knob(1.0, "NFT's mixing strength (not the KL weight)", title="β (beta)", low=0, open_low=True,
-                       sweep=(0.5, 1.0, 2.0))
+    # with θ_old = θ the loss's 1/β cancels the mixtures' β: β acts only as far as the old policy lags θ (tiny model,
+    # 4 steps: β 0.1 and 1 gave the same first gradient and adapters 2e-4 apart)
+    beta: float = knob(1.0, "NFT's mixing strength (not the KL weight); it acts only as far as the old policy lags θ, "
+                       "little in the first ~100 steps (the EMA's η grows by old_decay_rate per step)", title="β (beta)",
+                       low=0, open_low=True, sweep=(0.5, 1.0, 2.0))
     kl: float = knob(1e-4, "ε-space KL to the base model", title="KL weight (kl)", low=0, strength=-1)
     adv_clip: float = knob(5.0, "advantages are clipped to ± this", low=0, open_low=True)
     group_size: int = knob(4, "samples per prompt (advantages compare samples of one prompt)", low=2)
