@@ -121,7 +121,9 @@ def test_an_adapter_changes_the_metrics_and_not_the_base(evaluator):
     assert tuned["kid_vs_base"] > before["kid_vs_base"] + 1e-4
     assert tuned["alignment"] != before["alignment"] and tuned["reward/colorfulness"] != before["reward/colorfulness"]
     for m in PAIRED:  # paired change: its mean is the change of the means; its error is over the 2 prompts
-        assert tuned[f"delta/{m}"] == pytest.approx(tuned[m] - before[m], rel=1e-5, abs=1e-7)
+        # the means are float32: their difference is exact only to float32 rounding of the larger (colorfulness ~100)
+        rounding = 5e-7 * max(abs(tuned[m]), abs(before[m]), 1.0)
+        assert tuned[f"delta/{m}"] == pytest.approx(tuned[m] - before[m], rel=1e-5, abs=rounding)
         assert tuned[f"delta_se/{m}"] > 0
     assert same(evaluator.base_metrics(), before)
 

@@ -206,6 +206,12 @@ def test_each_lora_upload_starts_empty_and_says_what_was_wrong(page, tmp_path):
     panel.get_by_text("LoRA files: upload / download").click()
     (tmp_path / "adapter_model.safetensors").write_bytes(b"")
     box = panel.locator("input[type=file]")
+    for attempt in range(120):  # the accordion mounts its upload box a moment after it opens (later on a busy machine)
+        if box.count():
+            break
+        if attempt == 60:  # still nothing: the click may have closed an accordion that was already open
+            panel.get_by_text("LoRA files: upload / download").click()
+        page.wait_for_timeout(500)
     assert box.count() == 1  # the download boxes take no uploads
     box.set_input_files(str(tmp_path / "adapter_model.safetensors"))
     listed = panel.get_by_text("adapter_model.safetensors", exact=True)  # the file's row in the box

@@ -29,7 +29,9 @@ def test_loss_at_the_first_step_is_log_2_and_reversed_preferences_flip_the_gradi
     # the gradient there is β/4 · ∇(e_w − e_l): swapping chosen and rejected negates it, doubling β doubles it
     roll.rewards = -roll.rewards
     flipped, _, _ = _grads(t, roll)
-    torch.testing.assert_close(flipped, -g, rtol=1e-4, atol=1e-6 * g.abs().max().item())
+    # g is the small difference of two large gradients, so a few of its elements carry their rounding (up to 2e-3
+    # relative on an AMD EPYC, where the kernels sum in another order): compare the vectors as a whole
+    assert (flipped + g).norm() <= 1e-4 * g.norm()
     roll.rewards = -roll.rewards
     t.method.cfg.beta *= 2
     doubled, _, _ = _grads(t, roll)
