@@ -51,16 +51,16 @@ def run_rows(study: Path) -> list[str]:
     return rows
 
 
-def _trained(folder: Path, status: Path) -> tuple[int, float, bool]:
-    """(steps, training seconds, finished) of one run: from its status, else from its last checkpoint."""
+def _trained(folder: Path, status: Path) -> tuple[int, float]:
+    """(steps, training seconds) of one run: from its status, else from its last checkpoint."""
     if status.exists():
         s = json.loads(status.read_text())
-        return int(s.get("steps") or 0), float(s.get("train_seconds") or 0), s.get("state") == "finished"
+        return int(s.get("steps") or 0), float(s.get("train_seconds") or 0)
     marker = folder / "checkpoint" / "trainer.json"
     if marker.exists():
         t = json.loads(marker.read_text())
-        return int(t.get("step", 0)), float(t.get("wall_seconds", 0)), False
-    return 0, 0.0, False
+        return int(t.get("step", 0)), float(t.get("wall_seconds", 0))
+    return 0, 0.0
 
 
 def compute_lines(study: Path) -> list[str]:
@@ -71,7 +71,7 @@ def compute_lines(study: Path) -> list[str]:
     done = {}
     for kind in spent:
         for folder in sorted(p for p in study.glob(f"{kind}/*/*") if p.is_dir()):
-            steps, seconds, _ = _trained(folder, folder.parent / f"{folder.name}.status.json")
+            steps, seconds = _trained(folder, folder.parent / f"{folder.name}.status.json")
             spent[kind] += seconds
             s, n = rate.get(folder.parent.name, (0.0, 0))
             rate[folder.parent.name] = (s + seconds, n + steps)
